@@ -1,0 +1,134 @@
+//! The command line: one module per command group. Commands load the
+//! configuration the same way the daemon does and report errors with the
+//! exit codes documented below (also in `keywarden --help`).
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | success |
+//! | 1 | failure at run time (database unreachable, job failed) |
+//! | 2 | bad command line |
+//! | 75 | `jobs run`: skipped, another process holds the job's lock (EX_TEMPFAIL) |
+//! | 78 | bad configuration or unreadable secret (EX_CONFIG) |
+//! | 128+n | the daemon was stopped by a second signal n while waiting for jobs |
+
+pub mod check_config;
+pub mod jobs;
+pub mod migrate;
+pub mod run;
+pub mod status;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::db::{Database, DbConnection};
+
+pub const EXIT_FAILURE: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+pub const EXIT_TEMPFAIL: u8 = 75;
+pub const EXIT_CONFIG: u8 = 78;
+
+const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0    success
+  1    failure at run time (database unreachable, job failed)
+  2    bad command line
+  75   jobs run: skipped because another process holds the job's lock
+  78   bad configuration or unreadable secret
+  128+n  run: stopped by a second signal n while waiting for jobs
+
+The configuration is read from --config, else $KEYWARDEN_CONFIG, else /etc/keywarden/keywarden.toml.";
+
+#[derive(Debug, Parser)]
+#[command(name = "keywarden", version, about = "Keeps credentials healthy unattended: expires and retires API keys, warns owners, renews certificates, watches file permissions.", after_help = EXIT_CODES_HELP)]
+pub struct Cli {
+    /// Configuration file (default: $KEYWARDEN_CONFIG, else /etc/keywarden/keywarden.toml)
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon in the foreground (what systemd starts)
+    Run,
+    /// Validate the configuration without reading secrets; prints `ok` or every error
+    CheckConfig,
+    /// Apply pending database migrations
+    Migrate,
+    /// List or run scheduled jobs
+    #[command(subcommand)]
+    Jobs(jobs::JobsCommand),
+    /// Show jobs, their last outcome and next run
+    Status {
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Parses the command line and runs the command.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { 0 });
+        }
+    };
+    let path = Config::locate(cli.config.as_deref());
+    match cli.command {
+        Command::Run => run::run(&path),
+        Command::CheckConfig => check_config::run(&path),
+        Command::Migrate => migrate::run(&path),
+        Command::Jobs(cmd) => jobs::run(&path, cmd),
+        Command::Status { json } => status::run(&path, json),
+    }
+}
+
+/// Loads the configuration, or prints every error and gives exit code 78.
+pub(crate) fn load_config(path: &Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|errors| {
+        for e in &errors.0 {
+            eprintln!("{e}");
+        }
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+/// Reads the secrets and builds the database handle (78 on a secret error).
+pub(crate) fn open_database(config: &Config) -> Result<Database, ExitCode> {
+    match config.load_secrets() {
+        Ok(secrets) => Ok(Database::new(&config.database, &secrets)),
+        Err(e) => {
+            eprintln!("{}: {e}", config.source.display());
+            Err(ExitCode::from(EXIT_CONFIG))
+        }
+    }
+}
+
+/// Connects and checks the schema is current (commands other than `run` and
+/// `migrate` do not change the schema).
+pub(crate) fn connect_current(database: &Database) -> Result<DbConnection, ExitCode> {
+    let mut conn = database.connect().map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(EXIT_FAILURE)
+    })?;
+    match crate::db::migrate::pending(&mut conn) {
+        Ok(p) if p.is_empty() => Ok(conn),
+        Ok(p) => {
+            eprintln!(
+                "error: the database schema is not up to date ({} pending migration(s)); run `keywarden migrate`",
+                p.len()
+            );
+            Err(ExitCode::from(EXIT_FAILURE))
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Err(ExitCode::from(EXIT_FAILURE))
+        }
+    }
+}

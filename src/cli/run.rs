@@ -1,0 +1,40 @@
+//! `keywarden run`: the daemon, in the foreground.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use super::{load_config, open_database, EXIT_FAILURE};
+use crate::daemon::{self, Exit};
+use crate::telemetry;
+
+pub fn run(path: &Path) -> ExitCode {
+    let config = match load_config(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let database = match open_database(&config) {
+        Ok(d) => d,
+        Err(code) => return code,
+    };
+    let telemetry = telemetry::init(config.daemon.log_target, config.daemon.log_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("keywarden")
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let exit = runtime.block_on(daemon::run(path.to_path_buf(), config, database, telemetry));
+    // Do not wait for blocking job threads here: on a clean stop they are
+    // already done, and after a timeout or a second signal we must not wait.
+    runtime.shutdown_background();
+    match exit {
+        Exit::Clean => ExitCode::SUCCESS,
+        Exit::Forced(sig) => ExitCode::from(128u8.saturating_add(sig.clamp(0, 127) as u8)),
+        Exit::Failed => ExitCode::from(EXIT_FAILURE),
+    }
+}

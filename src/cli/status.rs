@@ -1,0 +1,182 @@
+//! `keywarden status`: the jobs (last outcome, last failure, next run) and
+//! the database. Later sections (keys, certificates, permissions) add to it.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use serde::Serialize;
+
+use super::{load_config, open_database, EXIT_FAILURE};
+use crate::config::Config;
+use crate::db::{migrate, DbConnection, DbError};
+use crate::jobs::history;
+
+/// One job as shown by `jobs list` and `status`.
+#[derive(Debug, Serialize)]
+pub struct JobStatus {
+    pub job: String,
+    pub enabled: bool,
+    pub schedule: String,
+    pub last_started_at: Option<String>,
+    pub last_outcome: Option<String>,
+    pub last_rows_affected: Option<i64>,
+    pub last_error: Option<String>,
+    pub last_host: Option<String>,
+    pub failures_24h: i64,
+    pub next_run_at: Option<String>,
+}
+
+fn ts(t: NaiveDateTime) -> String {
+    t.format("%Y-%m-%d %H:%M:%SZ").to_string()
+}
+
+fn ts_utc(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%SZ").to_string()
+}
+
+pub fn collect_jobs(config: &Config, conn: &mut DbConnection) -> Result<Vec<JobStatus>, DbError> {
+    let now = Utc::now();
+    let day_ago = now.naive_utc() - chrono::TimeDelta::hours(24);
+    let mut rows = Vec::new();
+    for (name, settings) in &config.jobs {
+        let last = history::last_run(conn, name)?;
+        let failures_24h = history::failures_since(conn, name, day_ago)?;
+        let last_error = match &last {
+            Some(run) if run.outcome == "failed" || run.outcome == "interrupted" => run.error.clone(),
+            _ => None,
+        };
+        rows.push(JobStatus {
+            job: name.to_string(),
+            enabled: settings.enabled,
+            schedule: settings.schedule.as_written().to_string(),
+            last_started_at: last.as_ref().map(|r| ts(r.started_at)),
+            last_outcome: last.as_ref().map(|r| r.outcome.clone()),
+            last_rows_affected: last.as_ref().map(|r| r.rows_affected),
+            last_error,
+            last_host: last.as_ref().map(|r| r.host.clone()),
+            failures_24h,
+            next_run_at: if settings.enabled {
+                settings.schedule.next_after(now).map(ts_utc)
+            } else {
+                None
+            },
+        });
+    }
+    Ok(rows)
+}
+
+pub fn print_jobs_table(rows: &[JobStatus]) {
+    let dash = || "-".to_string();
+    let table: Vec<[String; 7]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.job.clone(),
+                if r.enabled { "yes".into() } else { "no".into() },
+                r.schedule.clone(),
+                r.last_started_at.clone().unwrap_or_else(dash),
+                r.last_outcome.clone().unwrap_or_else(dash),
+                r.last_rows_affected.map(|n| n.to_string()).unwrap_or_else(dash),
+                r.next_run_at.clone().unwrap_or_else(dash),
+            ]
+        })
+        .collect();
+    let header = [
+        "JOB",
+        "ENABLED",
+        "SCHEDULE (UTC)",
+        "LAST RUN",
+        "OUTCOME",
+        "ROWS",
+        "NEXT RUN",
+    ];
+    let mut widths = header.map(str::len);
+    for row in &table {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let parts: Vec<String> = cells.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    for row in &table {
+        line(row.iter().map(String::as_str).collect());
+    }
+    for r in rows {
+        if let Some(e) = &r.last_error {
+            println!(
+                "{}: last run {}: {e}",
+                r.job,
+                r.last_outcome.as_deref().unwrap_or("failed")
+            );
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Status {
+    database: DatabaseStatus,
+    jobs: Vec<JobStatus>,
+}
+
+#[derive(Debug, Serialize)]
+struct DatabaseStatus {
+    backend: &'static str,
+    url: String,
+    pending_migrations: Vec<String>,
+}
+
+pub fn run(path: &Path, json: bool) -> ExitCode {
+    let config = match load_config(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let database = match open_database(&config) {
+        Ok(d) => d,
+        Err(code) => return code,
+    };
+    let collected = database.connect().and_then(|mut conn| {
+        let pending = migrate::pending(&mut conn)?;
+        let jobs = if pending.is_empty() {
+            collect_jobs(&config, &mut conn)?
+        } else {
+            Vec::new()
+        };
+        Ok(Status {
+            database: DatabaseStatus {
+                backend: config.database.url.backend_name(),
+                url: database.describe(),
+                pending_migrations: pending,
+            },
+            jobs,
+        })
+    });
+    let status = match collected {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status).unwrap_or_default());
+        return ExitCode::SUCCESS;
+    }
+    println!("Database: {} ({})", status.database.url, status.database.backend);
+    if status.database.pending_migrations.is_empty() {
+        println!("Schema: up to date");
+    } else {
+        println!(
+            "Schema: {} pending migration(s); the daemon applies them at start, or run `keywarden migrate`",
+            status.database.pending_migrations.len()
+        );
+        return ExitCode::SUCCESS;
+    }
+    println!();
+    println!("Jobs:");
+    print_jobs_table(&status.jobs);
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,646 @@
+//! The configuration: a TOML file, read once at start and again on reload.
+//!
+//! Loading is validate-everything-then-return: every problem found is
+//! reported with its file, line and column, so an admin fixes a broken config
+//! in one pass. Sections are deserialized one by one so that a mistake in one
+//! does not hide mistakes in another. Secrets are only *referenced* here (see
+//! [`secret`]); they are read by [`Config::load_secrets`] when the daemon or a
+//! command actually needs the database.
+
+pub mod duration;
+pub mod schedule;
+pub mod secret;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
+use toml::Spanned;
+
+pub use duration::HumanDuration;
+pub use schedule::Schedule;
+pub use secret::{Secret, SecretError, SecretSource};
+
+use crate::jobs::registry::{self, JobSpec};
+
+/// Where the configuration is looked for when neither `--config` nor
+/// `KEYWARDEN_CONFIG` names a file.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/keywarden/keywarden.toml";
+
+/// The largest configuration file accepted; anything bigger is a mistake.
+const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// One problem in a configuration file, with its place when it has one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based line and column, when the problem is at a place in the file.
+    pub position: Option<(usize, usize)>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.position {
+            Some((line, col)) => write!(f, "{}:{line}:{col}: {}", self.file.display(), self.message),
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+/// Every problem found in one configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn as_filter(self) -> tracing_subscriber::filter::LevelFilter {
+        use tracing_subscriber::filter::LevelFilter;
+        match self {
+            LogLevel::Error => LevelFilter::ERROR,
+            LogLevel::Warn => LevelFilter::WARN,
+            LogLevel::Info => LevelFilter::INFO,
+            LogLevel::Debug => LevelFilter::DEBUG,
+            LogLevel::Trace => LevelFilter::TRACE,
+        }
+    }
+}
+
+/// Where log lines go. `auto` picks journald when systemd connected stderr to
+/// the journal (it sets `JOURNAL_STREAM`), and stderr otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogTarget {
+    Auto,
+    Journald,
+    Stderr,
+}
+
+/// `[daemon]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// Recorded with every job run; defaults to the machine's host name.
+    #[serde(default)]
+    pub host_name: Option<String>,
+    #[serde(default = "default_log_level")]
+    pub log_level: LogLevel,
+    #[serde(default = "default_log_target")]
+    pub log_target: LogTarget,
+    /// How long a stop waits for running jobs before exiting anyway.
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout: HumanDuration,
+}
+
+fn default_log_level() -> LogLevel {
+    LogLevel::Info
+}
+fn default_log_target() -> LogTarget {
+    LogTarget::Auto
+}
+fn default_shutdown_timeout() -> HumanDuration {
+    HumanDuration::from_secs(30)
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            host_name: None,
+            log_level: default_log_level(),
+            log_target: default_log_target(),
+            shutdown_timeout: default_shutdown_timeout(),
+        }
+    }
+}
+
+/// A database location, chosen by the URL scheme.
+#[derive(Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    /// `postgres://user@host:port/dbname?sslmode=...`
+    Postgres(url::Url),
+    /// `sqlite:///absolute/path.db` or `sqlite://relative/path.db` (relative to
+    /// the working directory).
+    Sqlite(PathBuf),
+}
+
+impl DatabaseUrl {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if let Some(path) = text.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err("a sqlite URL needs a path, as in \"sqlite:///var/lib/keywarden/keywarden.db\"".into());
+            }
+            return Ok(DatabaseUrl::Sqlite(PathBuf::from(path)));
+        }
+        let url = url::Url::parse(text)
+            .map_err(|e| format!("not a database URL ({e}); expected \"postgres://…\" or \"sqlite://…\""))?;
+        match url.scheme() {
+            "postgres" | "postgresql" => {
+                if url.host_str().is_none_or(str::is_empty) {
+                    return Err(
+                        "a postgres URL needs a host, as in \"postgres://keywarden@localhost/keywarden\"".into(),
+                    );
+                }
+                Ok(DatabaseUrl::Postgres(url))
+            }
+            other => Err(format!(
+                "unsupported database scheme {other:?}; expected \"postgres://…\" or \"sqlite://…\""
+            )),
+        }
+    }
+
+    /// True when a password is written into the URL itself.
+    pub fn has_inline_password(&self) -> bool {
+        matches!(self, DatabaseUrl::Postgres(u) if u.password().is_some())
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            DatabaseUrl::Postgres(_) => "postgres",
+            DatabaseUrl::Sqlite(_) => "sqlite",
+        }
+    }
+}
+
+/// Shows the URL without any password, so it is safe in logs.
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DatabaseUrl::Postgres(u) => {
+                let mut shown = u.clone();
+                if shown.password().is_some() {
+                    let _ = shown.set_password(Some("redacted"));
+                }
+                write!(f, "{shown}")
+            }
+            DatabaseUrl::Sqlite(p) => write!(f, "sqlite://{}", p.display()),
+        }
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
+impl<'de> Deserialize<'de> for DatabaseUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        DatabaseUrl::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// `[database]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    #[serde(default = "default_database_url")]
+    pub url: DatabaseUrl,
+    /// The PostgreSQL password, from a file, credential or environment variable.
+    #[serde(default)]
+    pub password: Option<SecretSource>,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: HumanDuration,
+    /// How long SQLite waits for another writer before giving up.
+    #[serde(default = "default_busy_timeout")]
+    pub busy_timeout: HumanDuration,
+}
+
+fn default_database_url() -> DatabaseUrl {
+    DatabaseUrl::Sqlite(PathBuf::from("/var/lib/keywarden/keywarden.db"))
+}
+fn default_connect_timeout() -> HumanDuration {
+    HumanDuration::from_secs(10)
+}
+fn default_busy_timeout() -> HumanDuration {
+    HumanDuration::from_secs(5)
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: default_database_url(),
+            password: None,
+            connect_timeout: default_connect_timeout(),
+            busy_timeout: default_busy_timeout(),
+        }
+    }
+}
+
+/// `[jobs.<name>]` as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobSection {
+    #[serde(default)]
+    enabled: Option<bool>,
+    #[serde(default)]
+    schedule: Option<Schedule>,
+    #[serde(default)]
+    batch_size: Option<u32>,
+}
+
+/// A job's settings after defaults are applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobSettings {
+    pub enabled: bool,
+    pub schedule: Schedule,
+    /// Rows changed per transaction by set-based jobs.
+    pub batch_size: u32,
+}
+
+/// Larger batches hold row locks longer and exceed SQLite's bind limits.
+pub const MAX_BATCH_SIZE: u32 = 10_000;
+
+/// The whole, validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file it came from (reloads read the same file again).
+    pub source: PathBuf,
+    pub daemon: DaemonConfig,
+    pub database: DatabaseConfig,
+    /// One entry for every job in the registry, in registry order.
+    pub jobs: BTreeMap<&'static str, JobSettings>,
+}
+
+/// Secrets the configuration refers to, read at the moment they are needed.
+#[derive(Debug, Clone, Default)]
+pub struct Secrets {
+    pub database_password: Option<Secret>,
+}
+
+impl Config {
+    /// Finds the configuration file: `--config`, else `KEYWARDEN_CONFIG`,
+    /// else [`DEFAULT_CONFIG_PATH`].
+    pub fn locate(cli: Option<&Path>) -> PathBuf {
+        if let Some(p) = cli {
+            return p.to_path_buf();
+        }
+        match std::env::var_os("KEYWARDEN_CONFIG") {
+            Some(p) if !p.is_empty() => PathBuf::from(p),
+            _ => PathBuf::from(DEFAULT_CONFIG_PATH),
+        }
+    }
+
+    /// Reads and validates a configuration file (secrets are not read).
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let whole = |message: String| {
+            ConfigErrors(vec![ConfigError {
+                file: path.to_path_buf(),
+                position: None,
+                message,
+            }])
+        };
+        let meta = std::fs::metadata(path).map_err(|e| whole(format!("cannot read configuration: {e}")))?;
+        if !meta.is_file() {
+            return Err(whole("not a regular file".into()));
+        }
+        if meta.len() > MAX_CONFIG_BYTES {
+            return Err(whole(format!("configuration is larger than {MAX_CONFIG_BYTES} bytes")));
+        }
+        let bytes = std::fs::read(path).map_err(|e| whole(format!("cannot read configuration: {e}")))?;
+        let text = match String::from_utf8(bytes) {
+            Ok(t) => t,
+            Err(e) => {
+                let valid = e.utf8_error().valid_up_to();
+                let bytes = e.into_bytes();
+                let prefix = String::from_utf8_lossy(&bytes[..valid]);
+                return Err(ConfigErrors(vec![ConfigError {
+                    file: path.to_path_buf(),
+                    position: Some(line_col(&prefix, prefix.len())),
+                    message: "the file is not valid UTF-8 here".into(),
+                }]));
+            }
+        };
+        let config = Self::from_toml(path, &text)?;
+        // A password written into a world-readable file is not a secret.
+        if config.database.url.has_inline_password() && meta.mode() & 0o004 != 0 {
+            return Err(whole(format!(
+                "database.url contains a password but this file is readable by everyone (mode {:04o}); \
+                 move the password to `database.password = {{ credential = \"db-password\" }}` (or `file`/`env`)",
+                meta.mode() & 0o7777
+            )));
+        }
+        Ok(config)
+    }
+
+    /// Validates configuration text; `path` is only used in messages.
+    pub fn from_toml(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
+        let mut errors = Collector {
+            file: path,
+            text,
+            errors: Vec::new(),
+        };
+        let (doc, syntax_errors) = DeTable::parse_recoverable(text);
+        if !syntax_errors.is_empty() {
+            for e in syntax_errors {
+                errors.toml(&e);
+            }
+            return Err(ConfigErrors(errors.errors));
+        }
+
+        let mut daemon = DaemonConfig::default();
+        let mut database = DatabaseConfig::default();
+        let mut job_sections: BTreeMap<&'static str, JobSection> = BTreeMap::new();
+
+        for (key, value) in doc.into_inner() {
+            let name: &str = key.get_ref();
+            match name {
+                "daemon" => {
+                    if let Some(v) = errors.section::<DaemonConfig>(value) {
+                        daemon = v;
+                    }
+                }
+                "database" => {
+                    let span = value.span();
+                    if let Some(v) = errors.section::<DatabaseConfig>(value) {
+                        if let Some(pw) = &v.password {
+                            if let Err(e) = pw.validate_shape() {
+                                errors.at(span.clone(), format!("database.password: {e}"));
+                            }
+                        }
+                        if v.password.is_some() && v.url.has_inline_password() {
+                            errors.at(
+                                span,
+                                "database.password is set and database.url also carries a password; keep one".into(),
+                            );
+                        }
+                        database = v;
+                    }
+                }
+                "jobs" => {
+                    let span = value.span();
+                    let DeValue::Table(table) = value.into_inner() else {
+                        errors.at(
+                            span,
+                            "`jobs` must be a table of job sections, as in [jobs.expire-keys]".into(),
+                        );
+                        continue;
+                    };
+                    for (job_key, job_value) in table {
+                        let job_name: &str = job_key.get_ref();
+                        match registry::find(job_name) {
+                            Some(spec) => {
+                                if let Some(section) = errors.section::<JobSection>(job_value.clone()) {
+                                    validate_job_section(&mut errors, spec, &section, job_value.span());
+                                    job_sections.insert(spec.name, section);
+                                }
+                            }
+                            None => errors.at(
+                                job_key.span(),
+                                format!("unknown job {job_name:?}; known jobs: {}", registry::names().join(", ")),
+                            ),
+                        }
+                    }
+                }
+                other => errors.at(
+                    key.span(),
+                    format!("unknown section {other:?}; expected one of: daemon, database, jobs"),
+                ),
+            }
+        }
+
+        if let Some(h) = &daemon.host_name {
+            if h.trim().is_empty() || h.len() > 253 || h.chars().any(char::is_control) {
+                errors.errors.push(ConfigError {
+                    file: path.to_path_buf(),
+                    position: None,
+                    message: "daemon.host_name must be a non-empty name of at most 253 printable characters".into(),
+                });
+            }
+        }
+
+        if !errors.errors.is_empty() {
+            return Err(ConfigErrors(errors.errors));
+        }
+
+        let jobs = registry::all()
+            .iter()
+            .map(|spec| {
+                let section = job_sections.remove(spec.name).unwrap_or_default();
+                let schedule = match section.schedule {
+                    Some(s) => s,
+                    None => spec.default_schedule(),
+                };
+                let settings = JobSettings {
+                    enabled: section.enabled.unwrap_or(true),
+                    schedule,
+                    batch_size: section.batch_size.unwrap_or(spec.default_batch_size),
+                };
+                (spec.name, settings)
+            })
+            .collect();
+
+        Ok(Config {
+            source: path.to_path_buf(),
+            daemon,
+            database,
+            jobs,
+        })
+    }
+
+    /// Reads the secrets this configuration refers to.
+    pub fn load_secrets(&self) -> Result<Secrets, SecretError> {
+        let database_password = match &self.database.password {
+            Some(src) => Some(src.load()?),
+            None => None,
+        };
+        Ok(Secrets { database_password })
+    }
+
+    /// The host name recorded with job runs.
+    pub fn host_name(&self) -> String {
+        self.daemon.host_name.clone().unwrap_or_else(system_host_name)
+    }
+
+    pub fn job(&self, name: &str) -> Option<&JobSettings> {
+        self.jobs.get(name)
+    }
+}
+
+fn validate_job_section(
+    errors: &mut Collector<'_>,
+    spec: &JobSpec,
+    section: &JobSection,
+    span: std::ops::Range<usize>,
+) {
+    if let Some(b) = section.batch_size {
+        if !spec.batched {
+            errors.at(
+                span,
+                format!(
+                    "jobs.{}: this job does not work in batches; remove batch_size",
+                    spec.name
+                ),
+            );
+        } else if b == 0 || b > MAX_BATCH_SIZE {
+            errors.at(
+                span,
+                format!(
+                    "jobs.{}.batch_size must be between 1 and {MAX_BATCH_SIZE}, found {b}",
+                    spec.name
+                ),
+            );
+        }
+    }
+}
+
+/// The kernel's host name (what `uname -n` prints).
+pub fn system_host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// Gathers errors with their places while a file is checked.
+struct Collector<'a> {
+    file: &'a Path,
+    text: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+impl Collector<'_> {
+    fn at(&mut self, span: std::ops::Range<usize>, message: String) {
+        self.errors.push(ConfigError {
+            file: self.file.to_path_buf(),
+            position: Some(line_col(self.text, span.start)),
+            message,
+        });
+    }
+
+    fn toml(&mut self, e: &toml::de::Error) {
+        let message = e.message().trim().to_string();
+        self.errors.push(ConfigError {
+            file: self.file.to_path_buf(),
+            position: e.span().map(|s| line_col(self.text, s.start)),
+            message,
+        });
+    }
+
+    /// Deserializes one section, recording its error (with place) if any.
+    fn section<T: for<'de> Deserialize<'de>>(&mut self, value: Spanned<DeValue<'_>>) -> Option<T> {
+        match T::deserialize(ValueDeserializer::from(value)) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.toml(&e);
+                None
+            }
+        }
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let mut cut = offset;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let before = &text[..cut];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let col = before[line_start..].chars().count() + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        Config::from_toml(Path::new("/etc/keywarden/keywarden.toml"), text)
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.database.url.backend_name(), "sqlite");
+        assert_eq!(c.daemon.shutdown_timeout.as_duration().as_secs(), 30);
+        let expire = c.job("expire-keys").unwrap();
+        assert!(expire.enabled);
+        assert_eq!(expire.schedule.six_fields(), "0 */5 * * * *");
+    }
+
+    #[test]
+    fn errors_name_file_line_and_column() {
+        let err = parse("[daemon]\nlog_level = \"info\"\nshutdown_timeout = \"30 parsecs\"\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("/etc/keywarden/keywarden.toml:3:20: "), "{text}");
+        assert!(text.contains("parsecs"), "{text}");
+    }
+
+    #[test]
+    fn every_section_reports_its_error() {
+        let err = parse(
+            "[daemon]\nlog_levle = \"info\"\n\n[database]\nurl = \"mysql://x\"\n\n[jobs.expire-keys]\nschedule = \"every day\"\n\n[jobs.nope]\n\n[extra]\n",
+        )
+        .unwrap_err();
+        let lines: Vec<String> = err.0.iter().map(|e| e.to_string()).collect();
+        assert_eq!(lines.len(), 5, "{lines:#?}");
+        assert!(
+            lines[0].contains(":2:1:") && lines[0].contains("log_levle"),
+            "{lines:#?}"
+        );
+        assert!(lines[1].contains(":5:7:") && lines[1].contains("mysql"), "{lines:#?}");
+        assert!(
+            lines.iter().any(|l| l.contains(":8:12:") && l.contains("cron")),
+            "{lines:#?}"
+        );
+        assert!(
+            lines.iter().any(|l| l.contains(":10:7:") && l.contains("unknown job")),
+            "{lines:#?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains(":12:2:") && l.contains("unknown section")),
+            "{lines:#?}"
+        );
+    }
+
+    #[test]
+    fn syntax_errors_have_places() {
+        let err = parse("[daemon]\nlog_level = info\n").unwrap_err();
+        assert!(err.to_string().contains(":2:13:"), "{err}");
+    }
+
+    #[test]
+    fn database_url_is_redacted_in_display() {
+        let url = DatabaseUrl::parse("postgres://kw:hunter2@db.example/kw").unwrap();
+        assert!(!url.to_string().contains("hunter2"));
+        assert!(url.has_inline_password());
+    }
+
+    #[test]
+    fn batch_size_bounds() {
+        let err = parse("[jobs.expire-keys]\nbatch_size = 0\n").unwrap_err();
+        assert!(err.to_string().contains("batch_size"), "{err}");
+    }
+}

@@ -1,0 +1,161 @@
+//! The daemon: the long-running process behind `keywarden run`.
+//!
+//! Start: signal handlers first, then the database (retried with backoff
+//! while it is unreachable), migrations, the scheduler, and only then
+//! `READY=1`. Running: each job fires on its cron schedule into a
+//! [`TaskTracker`]; a job never overlaps itself. SIGHUP reloads
+//! (validate-then-swap, see [`reload`]); SIGTERM/SIGINT stop: `STOPPING=1`,
+//! no new runs, running jobs get `daemon.shutdown_timeout` to finish, and a
+//! second signal exits at once.
+
+pub mod notify;
+pub mod reload;
+pub mod signals;
+pub mod state;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::db::{migrate, Database};
+use crate::telemetry::Telemetry;
+
+use signals::{DaemonSignal, SignalStream};
+use state::DaemonState;
+
+/// How the daemon ended, mapped to the process exit status by the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Stopped on request after running jobs finished (or the timeout passed).
+    Clean,
+    /// A second stop signal: exit at once with 128 + the signal number.
+    Forced(i32),
+    /// Could not start.
+    Failed,
+}
+
+/// Runs the daemon until a stop signal.
+pub async fn run(config_path: PathBuf, config: Config, database: Database, telemetry: Telemetry) -> Exit {
+    // Handlers go in before anything else, so a reload or stop arriving
+    // during startup is never the default action (which would kill us).
+    let mut signals = match SignalStream::install() {
+        Ok(s) => s,
+        Err(e) => {
+            error!("cannot install signal handlers: {e}");
+            return Exit::Failed;
+        }
+    };
+    info!(
+        event = "starting",
+        "keywarden {} starting; database {}",
+        env!("CARGO_PKG_VERSION"),
+        database.describe()
+    );
+
+    if let Some(exit) = prepare_database(&database, &mut signals).await {
+        return exit;
+    }
+
+    let stop = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let state = match DaemonState::start(config_path, config, database, telemetry, stop.clone(), tracker.clone()).await
+    {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            error!("cannot start the scheduler: {e}");
+            return Exit::Failed;
+        }
+    };
+    if let Err(e) = state.schedule_all(&state).await {
+        error!("cannot schedule jobs: {e}");
+        return Exit::Failed;
+    }
+    notify::spawn_watchdog(stop.clone());
+    notify::ready(&state.status_line());
+    info!(event = "started", "keywarden ready; {}", state.status_line());
+
+    loop {
+        match signals.next().await {
+            Some(DaemonSignal::Reload) => reload::reload(&state).await,
+            Some(DaemonSignal::Stop(sig)) => {
+                info!(event = "stopping", "received {}; stopping", signals::name(sig));
+                break;
+            }
+            None => {
+                warn!("signal stream ended; stopping");
+                break;
+            }
+        }
+    }
+
+    notify::stopping();
+    stop.cancel();
+    state.shutdown_scheduler().await;
+    tracker.close();
+    let running = tracker.len();
+    if running > 0 {
+        info!(
+            "waiting up to {} for {running} running job(s)",
+            state.config().daemon.shutdown_timeout
+        );
+    }
+    let timeout = state.config().daemon.shutdown_timeout.as_duration();
+    tokio::select! {
+        _ = tracker.wait() => {
+            info!(event = "stopped", "keywarden stopped");
+            Exit::Clean
+        }
+        _ = tokio::time::sleep(timeout) => {
+            warn!(event = "stopped", "shutdown timeout of {} passed with {} job(s) still running; exiting anyway (their runs will show as interrupted)",
+                state.config().daemon.shutdown_timeout, tracker.len());
+            Exit::Clean
+        }
+        sig = signals.next_stop() => {
+            warn!(event = "stopped", "second stop signal; exiting at once");
+            Exit::Forced(sig)
+        }
+    }
+}
+
+/// Connects and migrates, retrying with backoff while the database is
+/// unreachable. Returns `Some(exit)` if a stop signal arrived meanwhile.
+async fn prepare_database(database: &Database, signals: &mut SignalStream) -> Option<Exit> {
+    let mut delay = Duration::from_secs(1);
+    loop {
+        let db = database.clone();
+        let attempt = tokio::task::spawn_blocking(move || -> Result<Vec<String>, crate::db::DbError> {
+            let mut conn = db.connect()?;
+            migrate::run_pending(&mut conn)
+        })
+        .await;
+        match attempt {
+            Ok(Ok(applied)) => {
+                if !applied.is_empty() {
+                    info!("applied {} migration(s): {}", applied.len(), applied.join(", "));
+                }
+                return None;
+            }
+            Ok(Err(e)) => {
+                error!(error = %e, "database not ready: {e}; retrying in {}s", delay.as_secs());
+                notify::status(&format!("waiting for the database: {e}"));
+            }
+            Err(e) => {
+                error!("database preparation panicked: {e}");
+                return Some(Exit::Failed);
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            sig = signals.next() => match sig {
+                Some(DaemonSignal::Stop(_)) | None => return Some(Exit::Clean),
+                Some(DaemonSignal::Reload) => info!("reload requested during startup; the configuration is read again at the next start"),
+            }
+        }
+        delay = (delay * 2).min(Duration::from_secs(60));
+    }
+}

@@ -1,0 +1,153 @@
+//! Reload on SIGHUP: validate-then-swap.
+//!
+//! The file is read and validated completely. If it is valid, it replaces the
+//! running configuration in one step: changed jobs are rescheduled, the log
+//! level is applied, and every change is logged. If it is not, nothing
+//! changes and every error is logged. Either way systemd hears `RELOADING=1`
+//! (with `MONOTONIC_USEC`) before and `READY=1` after.
+//!
+//! A different `[database]` cannot be swapped under running jobs; such a
+//! reload is refused as a whole and asks for a restart.
+
+use std::sync::Arc;
+
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+
+use super::notify;
+use super::state::DaemonState;
+
+/// The result of one reload, as logged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    Applied { changes: Vec<String> },
+    Refused { errors: Vec<String> },
+}
+
+pub async fn reload(state: &Arc<DaemonState>) {
+    notify::reloading();
+    info!(event = "reloading", "reloading {}", state.config_path.display());
+    let path = state.config_path.clone();
+    let loaded = tokio::task::spawn_blocking(move || Config::load(&path)).await;
+    let outcome = match loaded {
+        Ok(Ok(new)) => apply(state, new).await,
+        Ok(Err(errors)) => ReloadOutcome::Refused {
+            errors: errors.0.iter().map(|e| e.to_string()).collect(),
+        },
+        Err(e) => ReloadOutcome::Refused {
+            errors: vec![format!("reading the configuration failed: {e}")],
+        },
+    };
+    match &outcome {
+        ReloadOutcome::Applied { changes } if changes.is_empty() => {
+            info!(event = "reload-applied", "reload applied: no changes");
+        }
+        ReloadOutcome::Applied { changes } => {
+            for change in changes {
+                info!(event = "reload-change", "{change}");
+            }
+            info!(event = "reload-applied", "reload applied: {}", changes.join("; "));
+        }
+        ReloadOutcome::Refused { errors } => {
+            for e in errors {
+                error!(event = "reload-error", "{e}");
+            }
+            error!(
+                event = "reload-refused",
+                "reload refused ({} error(s)); still running on the previous configuration",
+                errors.len()
+            );
+        }
+    }
+    notify::ready(&state.status_line());
+}
+
+async fn apply(state: &Arc<DaemonState>, new: Config) -> ReloadOutcome {
+    let old = state.config();
+    if old.database != new.database {
+        return ReloadOutcome::Refused {
+            errors: vec![format!(
+                "{}: [database] changed; a different database needs a restart (systemctl restart keywarden)",
+                new.source.display()
+            )],
+        };
+    }
+    let mut changes = Vec::new();
+    let mut to_schedule = Vec::new();
+    let mut to_unschedule = Vec::new();
+    for (name, new_settings) in &new.jobs {
+        let Some(old_settings) = old.jobs.get(name) else {
+            continue;
+        };
+        if old_settings == new_settings {
+            continue;
+        }
+        if old_settings.enabled != new_settings.enabled {
+            changes.push(format!(
+                "jobs.{name}: {}",
+                if new_settings.enabled { "enabled" } else { "disabled" }
+            ));
+        }
+        if old_settings.schedule != new_settings.schedule {
+            changes.push(format!(
+                "jobs.{name}.schedule: {:?} -> {:?}",
+                old_settings.schedule.as_written(),
+                new_settings.schedule.as_written()
+            ));
+        }
+        if old_settings.batch_size != new_settings.batch_size {
+            changes.push(format!(
+                "jobs.{name}.batch_size: {} -> {}",
+                old_settings.batch_size, new_settings.batch_size
+            ));
+        }
+        let schedule_changed =
+            old_settings.enabled != new_settings.enabled || old_settings.schedule != new_settings.schedule;
+        if schedule_changed {
+            if new_settings.enabled {
+                to_schedule.push((*name, new_settings.clone()));
+            } else {
+                to_unschedule.push(*name);
+            }
+        }
+    }
+    if old.daemon.log_level != new.daemon.log_level {
+        changes.push(
+            format!(
+                "daemon.log_level: {:?} -> {:?}",
+                old.daemon.log_level, new.daemon.log_level
+            )
+            .to_lowercase(),
+        );
+    }
+    if old.daemon.shutdown_timeout != new.daemon.shutdown_timeout {
+        changes.push(format!(
+            "daemon.shutdown_timeout: {} -> {}",
+            old.daemon.shutdown_timeout, new.daemon.shutdown_timeout
+        ));
+    }
+    if old.daemon.host_name != new.daemon.host_name {
+        changes.push("daemon.host_name changed".to_string());
+    }
+    if old.daemon.log_target != new.daemon.log_target {
+        warn!("daemon.log_target changed; it takes effect at the next start");
+    }
+
+    // The swap: the new configuration is in force for every run started from
+    // here on; the scheduler is then brought in line with it.
+    let level = new.daemon.log_level;
+    state.swap_config(new);
+    state.telemetry.set_level(level);
+    for name in to_unschedule {
+        if let Err(e) = state.unschedule(name).await {
+            error!(job = name, "could not unschedule {name}: {e}");
+        }
+    }
+    for (name, settings) in to_schedule {
+        if let Err(e) = state.schedule(state, name, &settings).await {
+            error!(job = name, "could not reschedule {name}: {e}");
+        }
+    }
+    ReloadOutcome::Applied { changes }
+}

@@ -1,0 +1,236 @@
+//! What the running daemon holds: the current configuration (swapped whole
+//! on reload), the scheduler and its job ids, and the last outcome of each
+//! job for the status line.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use chrono::{DateTime, Utc};
+use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+use uuid::Uuid;
+
+use crate::config::{Config, JobSettings};
+use crate::db::Database;
+use crate::jobs::{self, registry, RunOutcome, Trigger};
+use crate::telemetry::Telemetry;
+
+use super::notify;
+
+/// The last thing that happened, for `STATUS=`.
+#[derive(Debug, Clone)]
+struct LastRun {
+    job: &'static str,
+    at: DateTime<Utc>,
+    summary: String,
+}
+
+pub struct DaemonState {
+    pub config_path: PathBuf,
+    config: RwLock<Arc<Config>>,
+    pub database: Database,
+    pub telemetry: Telemetry,
+    scheduler: tokio::sync::Mutex<JobScheduler>,
+    /// Scheduler ids of the jobs currently scheduled.
+    scheduled: tokio::sync::Mutex<HashMap<&'static str, Uuid>>,
+    /// One flag per job: set while a run is in progress, so ticks never overlap.
+    running: HashMap<&'static str, Arc<AtomicBool>>,
+    last_run: Mutex<Option<LastRun>>,
+    last_error: Mutex<Option<(&'static str, String)>>,
+    pub stop: CancellationToken,
+    pub tracker: TaskTracker,
+}
+
+impl DaemonState {
+    pub async fn start(
+        config_path: PathBuf,
+        config: Config,
+        database: Database,
+        telemetry: Telemetry,
+        stop: CancellationToken,
+        tracker: TaskTracker,
+    ) -> Result<Self, JobSchedulerError> {
+        let scheduler = JobScheduler::new().await?;
+        scheduler.start().await?;
+        Ok(Self {
+            config_path,
+            config: RwLock::new(Arc::new(config)),
+            database,
+            telemetry,
+            scheduler: tokio::sync::Mutex::new(scheduler),
+            scheduled: tokio::sync::Mutex::new(HashMap::new()),
+            running: registry::all()
+                .iter()
+                .map(|j| (j.name, Arc::new(AtomicBool::new(false))))
+                .collect(),
+            last_run: Mutex::new(None),
+            last_error: Mutex::new(None),
+            stop,
+            tracker,
+        })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<Config> {
+        match self.config.read() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn swap_config(&self, new: Config) {
+        let new = Arc::new(new);
+        match self.config.write() {
+            Ok(mut c) => *c = new,
+            Err(poisoned) => *poisoned.into_inner() = new,
+        }
+    }
+
+    /// Schedules every enabled job of the current configuration.
+    pub async fn schedule_all(&self, me: &Arc<Self>) -> Result<(), JobSchedulerError> {
+        let config = self.config();
+        for (name, settings) in &config.jobs {
+            if settings.enabled {
+                self.schedule(me, name, settings).await?;
+            } else {
+                info!(job = *name, "job {name} is disabled");
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds (or replaces) one job in the scheduler.
+    pub async fn schedule(
+        &self,
+        me: &Arc<Self>,
+        name: &'static str,
+        settings: &JobSettings,
+    ) -> Result<(), JobSchedulerError> {
+        let weak = Arc::downgrade(me);
+        let job = Job::new_async(settings.schedule.six_fields(), move |_id, _sched| {
+            let weak = weak.clone();
+            Box::pin(async move {
+                if let Some(state) = weak.upgrade() {
+                    state.start_run(&state, name, Trigger::Schedule);
+                }
+            })
+        })?;
+        let scheduler = self.scheduler.lock().await;
+        let id = scheduler.add(job).await?;
+        if let Some(old) = self.scheduled.lock().await.insert(name, id) {
+            scheduler.remove(&old).await?;
+        }
+        info!(job = name, "job {name} scheduled: {} (UTC)", settings.schedule);
+        Ok(())
+    }
+
+    pub async fn unschedule(&self, name: &'static str) -> Result<(), JobSchedulerError> {
+        if let Some(id) = self.scheduled.lock().await.remove(name) {
+            self.scheduler.lock().await.remove(&id).await?;
+            info!(job = name, "job {name} unscheduled");
+        }
+        Ok(())
+    }
+
+    pub async fn shutdown_scheduler(&self) {
+        if let Err(e) = self.scheduler.lock().await.shutdown().await {
+            warn!("scheduler shutdown: {e}");
+        }
+    }
+
+    /// Starts a run of `name` unless one is in progress or we are stopping.
+    pub fn start_run(&self, me: &Arc<Self>, name: &'static str, trigger: Trigger) {
+        if self.stop.is_cancelled() {
+            return;
+        }
+        let Some(spec) = registry::find(name) else { return };
+        let Some(flag) = self.running.get(name).cloned() else {
+            return;
+        };
+        if flag.swap(true, Ordering::SeqCst) {
+            warn!(
+                job = name,
+                "job {name}: the previous run is still going; this tick is skipped"
+            );
+            return;
+        }
+        let state = me.clone();
+        let config = self.config();
+        let database = self.database.clone();
+        let stop = self.stop.clone();
+        self.tracker.spawn(async move {
+            let outcome =
+                tokio::task::spawn_blocking(move || jobs::execute(&database, &config, spec, trigger, &stop)).await;
+            flag.store(false, Ordering::SeqCst);
+            match outcome {
+                Ok(outcome) => state.note_outcome(name, &outcome),
+                Err(e) => {
+                    error!(job = name, "job {name}: run aborted: {e}");
+                    state.note_error(name, format!("run aborted: {e}"));
+                }
+            }
+            notify::status(&state.status_line());
+        });
+    }
+
+    fn note_outcome(&self, job: &'static str, outcome: &RunOutcome) {
+        let summary = match outcome {
+            RunOutcome::Completed { report, .. } => format!("ok, {} row(s)", report.rows_affected),
+            RunOutcome::Failed { error, .. } => {
+                self.note_error(job, error.clone());
+                "failed".to_string()
+            }
+            RunOutcome::Skipped => "skipped (locked elsewhere)".to_string(),
+        };
+        if let Ok(mut last) = self.last_run.lock() {
+            *last = Some(LastRun {
+                job,
+                at: Utc::now(),
+                summary,
+            });
+        }
+    }
+
+    fn note_error(&self, job: &'static str, error: String) {
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = Some((job, error));
+        }
+    }
+
+    /// The one-line summary sent as `STATUS=`.
+    pub fn status_line(&self) -> String {
+        let last = self
+            .last_run
+            .lock()
+            .ok()
+            .and_then(|l| l.clone())
+            .map(|l| format!("{} {} at {}", l.job, l.summary, l.at.format("%H:%M:%SZ")))
+            .unwrap_or_else(|| "none yet".into());
+        let next = next_run(&self.config())
+            .map(|(job, at)| format!("{job} at {}", at.format("%H:%M:%SZ")))
+            .unwrap_or_else(|| "none (all jobs disabled)".into());
+        let error = self
+            .last_error
+            .lock()
+            .ok()
+            .and_then(|e| e.clone())
+            .map(|(job, e)| format!("{job}: {}", e.chars().take(120).collect::<String>()))
+            .unwrap_or_else(|| "none".into());
+        format!("last run: {last}; next: {next}; last error: {error}")
+    }
+}
+
+/// The earliest next run among enabled jobs.
+pub fn next_run(config: &Config) -> Option<(&'static str, DateTime<Utc>)> {
+    let now = Utc::now();
+    config
+        .jobs
+        .iter()
+        .filter(|(_, s)| s.enabled)
+        .filter_map(|(name, s)| s.schedule.next_after(now).map(|t| (*name, t)))
+        .min_by_key(|(_, t)| *t)
+}

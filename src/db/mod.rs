@@ -1,0 +1,161 @@
+//! The database: one code path for PostgreSQL and SQLite.
+//!
+//! [`DbConnection`] is a Diesel `MultiConnection` over both backends, so
+//! queries are written once with Diesel's query builder. The few statements
+//! that exist on one backend only (advisory locks, upserts, pragmas) live in
+//! [`lock`] and [`migrate`], which match on the connection.
+
+pub mod lock;
+pub mod migrate;
+pub mod schema;
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::{PgConnection, SqliteConnection};
+
+use crate::config::{DatabaseConfig, DatabaseUrl, Secret, Secrets};
+
+/// A connection to either backend.
+#[derive(diesel::MultiConnection)]
+pub enum DbConnection {
+    Postgres(PgConnection),
+    Sqlite(SqliteConnection),
+}
+
+impl DbConnection {
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            DbConnection::Postgres(_) => "postgres",
+            DbConnection::Sqlite(_) => "sqlite",
+        }
+    }
+}
+
+/// Why the database could not be used. Messages carry the redacted URL and
+/// the database's own message, never query text or bound values.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("cannot connect to {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: diesel::ConnectionError,
+    },
+    #[error("cannot prepare the SQLite file {path}: {source}")]
+    SqliteFile { path: String, source: std::io::Error },
+    #[error("database error: {0}")]
+    Query(#[from] diesel::result::Error),
+    #[error("the lock connection and the work connection use different backends")]
+    BackendMismatch,
+    #[error("migration failed: {0}")]
+    Migration(String),
+}
+
+/// How to reach the database: the validated URL plus the password, if any.
+#[derive(Clone, Debug)]
+pub struct Database {
+    url: DatabaseUrl,
+    password: Option<Secret>,
+    connect_timeout: Duration,
+    busy_timeout: Duration,
+}
+
+impl Database {
+    pub fn new(config: &DatabaseConfig, secrets: &Secrets) -> Self {
+        Self {
+            url: config.url.clone(),
+            password: secrets.database_password.clone(),
+            connect_timeout: config.connect_timeout.as_duration(),
+            busy_timeout: config.busy_timeout.as_duration(),
+        }
+    }
+
+    /// The URL with any password redacted; safe to log.
+    pub fn describe(&self) -> String {
+        self.url.to_string()
+    }
+
+    pub fn url(&self) -> &DatabaseUrl {
+        &self.url
+    }
+
+    /// Opens a new connection, set up for keywarden's use.
+    pub fn connect(&self) -> Result<DbConnection, DbError> {
+        match &self.url {
+            DatabaseUrl::Postgres(url) => {
+                let conn_str = self.postgres_connection_string(url);
+                let conn = PgConnection::establish(conn_str.expose()).map_err(|source| DbError::Connect {
+                    url: self.describe(),
+                    source,
+                })?;
+                Ok(DbConnection::Postgres(conn))
+            }
+            DatabaseUrl::Sqlite(path) => {
+                create_private_file(path).map_err(|source| DbError::SqliteFile {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                let path_str = path.to_str().ok_or_else(|| DbError::SqliteFile {
+                    path: path.display().to_string(),
+                    source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "path is not valid UTF-8"),
+                })?;
+                let mut conn = SqliteConnection::establish(path_str).map_err(|source| DbError::Connect {
+                    url: self.describe(),
+                    source,
+                })?;
+                // The busy timeout is a typed integer from the configuration,
+                // not text; PRAGMA takes no bind parameters.
+                let millis = self.busy_timeout.as_millis().min(i32::MAX as u128);
+                conn.batch_execute(&format!(
+                    "PRAGMA busy_timeout = {millis}; PRAGMA journal_mode = WAL; \
+                     PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;"
+                ))?;
+                Ok(DbConnection::Sqlite(conn))
+            }
+        }
+    }
+
+    /// The libpq URL with the password and timeouts filled in. It is a
+    /// `Secret` because it holds the password.
+    fn postgres_connection_string(&self, url: &url::Url) -> Secret {
+        let mut url = url.clone();
+        if let Some(pw) = &self.password {
+            let _ = url.set_password(Some(pw.expose()));
+        }
+        let has = |k: &str| url.query_pairs().any(|(key, _)| key == k);
+        let add_timeout = !has("connect_timeout");
+        let add_name = !has("application_name");
+        {
+            let mut q = url.query_pairs_mut();
+            if add_timeout {
+                q.append_pair("connect_timeout", &self.connect_timeout.as_secs().max(1).to_string());
+            }
+            if add_name {
+                q.append_pair("application_name", "keywarden");
+            }
+        }
+        Secret::new(String::from(url))
+    }
+}
+
+/// Creates the SQLite file with mode 0600 if it does not exist yet, so the
+/// hashes in it are never readable by others, whatever the umask.
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    match OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The current time as stored in the database: UTC, microsecond precision
+/// (what PostgreSQL keeps), so values read back compare equal.
+pub fn now() -> chrono::NaiveDateTime {
+    use chrono::SubsecRound;
+    chrono::Utc::now().naive_utc().trunc_subsecs(6)
+}

@@ -1,0 +1,80 @@
+//! The tables, shared by both backends. Every column uses a type both
+//! PostgreSQL and SQLite store the same way; timestamps are UTC.
+
+diesel::table! {
+    job_runs (id) {
+        id -> BigInt,
+        run_id -> Text,
+        job -> Text,
+        host -> Text,
+        trigger -> Text,
+        started_at -> Timestamp,
+        finished_at -> Nullable<Timestamp>,
+        outcome -> Text,
+        rows_affected -> BigInt,
+        error -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    job_leases (job) {
+        job -> Text,
+        holder -> Text,
+        acquired_at -> Timestamp,
+        expires_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    users (id) {
+        id -> BigInt,
+        email -> Text,
+        name -> Nullable<Text>,
+        status -> Text,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    api_keys (id) {
+        id -> BigInt,
+        prefix -> Text,
+        key_hash -> Text,
+        name -> Text,
+        status -> Text,
+        version -> Integer,
+        owner_id -> BigInt,
+        scopes -> Text,
+        allowed_ips -> Text,
+        expires_at -> Timestamp,
+        rotated_at -> Nullable<Timestamp>,
+        revoked_at -> Nullable<Timestamp>,
+        revoked_reason -> Nullable<Text>,
+        grace_period_ends_at -> Nullable<Timestamp>,
+        replaced_by_id -> Nullable<BigInt>,
+        last_used_at -> Nullable<Timestamp>,
+        usage_count -> BigInt,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    api_key_events (id) {
+        id -> BigInt,
+        key_id -> Nullable<BigInt>,
+        prefix -> Text,
+        event -> Text,
+        reason -> Nullable<Text>,
+        actor -> Text,
+        ip -> Nullable<Text>,
+        user_agent -> Nullable<Text>,
+        endpoint -> Nullable<Text>,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::joinable!(api_keys -> users (owner_id));
+diesel::joinable!(api_key_events -> api_keys (key_id));
+diesel::allow_tables_to_appear_in_same_query!(job_runs, job_leases, users, api_keys, api_key_events);

@@ -1,0 +1,233 @@
+//! Scheduled jobs: one small module per job, a registry naming them, and the
+//! runner that wraps every run the same way.
+//!
+//! A run, whoever starts it (the daemon's scheduler or `keywarden jobs run`):
+//! 1. connects to the database;
+//! 2. takes the job lock ([`crate::db::lock`]) or skips, logging why;
+//! 3. records a `job_runs` row as `running`, and closes any row a crashed
+//!    earlier run left open as `interrupted`;
+//! 4. calls the job with a typed [`JobContext`], catching panics;
+//! 5. records the outcome, rows affected and error, and logs them with
+//!    structured fields (`JOB`, `RUN_ID`, `OUTCOME`, `ROWS_AFFECTED`,
+//!    `DURATION_MS`, `ERROR`).
+
+pub mod expire_keys;
+pub mod history;
+pub mod registry;
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::{Duration, Instant};
+
+use chrono::NaiveDateTime;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, info_span, warn};
+
+use crate::config::{Config, JobSettings};
+use crate::db::lock::{with_job_lock, LockKeeper};
+use crate::db::{Database, DbConnection, DbError};
+
+pub use registry::JobSpec;
+
+/// What a job is given to do its work.
+pub struct JobContext<'a> {
+    pub conn: &'a mut DbConnection,
+    pub config: &'a Config,
+    pub settings: &'a JobSettings,
+    pub job: &'static str,
+    pub run_id: &'a str,
+    /// When the run started; jobs compare against this, not a moving clock,
+    /// so one run has one notion of "now".
+    pub started_at: NaiveDateTime,
+    keeper: &'a LockKeeper,
+    stop: &'a CancellationToken,
+}
+
+impl JobContext<'_> {
+    /// The actor recorded in audit rows written by this job.
+    pub fn actor(&self) -> String {
+        format!("job:{}", self.job)
+    }
+
+    /// Called by batched jobs between batches: keeps the job lock alive and
+    /// says whether to go on (false once the daemon is shutting down; the
+    /// work is idempotent, so the next run continues where this one stopped).
+    pub fn checkpoint(&mut self) -> Result<bool, JobError> {
+        if !self.keeper.renew(self.conn)? {
+            return Err(JobError::LockLost);
+        }
+        Ok(!self.stop.is_cancelled())
+    }
+}
+
+/// What a successful run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobReport {
+    pub rows_affected: u64,
+    /// True when the run stopped between batches for a shutdown.
+    pub stopped_early: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("the job lock was lost (the run stalled longer than the lease)")]
+    LockLost,
+    #[error("the job panicked: {0}")]
+    Panicked(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<diesel::result::Error> for JobError {
+    fn from(e: diesel::result::Error) -> Self {
+        JobError::Db(DbError::Query(e))
+    }
+}
+
+/// Who started a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Schedule,
+    Manual,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Schedule => "schedule",
+            Trigger::Manual => "manual",
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub enum RunOutcome {
+    Completed {
+        run_id: String,
+        report: JobReport,
+        duration: Duration,
+    },
+    Failed {
+        run_id: String,
+        error: String,
+        duration: Duration,
+    },
+    /// Another process holds the job lock.
+    Skipped,
+}
+
+/// Runs one job once, with locking and bookkeeping. Blocking: call it from
+/// `spawn_blocking` in async code.
+pub fn execute(
+    db: &Database,
+    config: &Config,
+    spec: &JobSpec,
+    trigger: Trigger,
+    stop: &CancellationToken,
+) -> RunOutcome {
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let span = info_span!("job_run", job = spec.name, run_id = %run_id);
+    let _enter = span.enter();
+    let started = Instant::now();
+    let fail = |error: String| {
+        let duration = started.elapsed();
+        error!(outcome = "failed", error = %error, duration_ms = duration.as_millis() as u64, "job {} failed: {error}", spec.name);
+        RunOutcome::Failed {
+            run_id: run_id.clone(),
+            error,
+            duration,
+        }
+    };
+
+    let Some(settings) = config.job(spec.name) else {
+        return fail(format!("job {} has no settings", spec.name));
+    };
+    let mut conn = match db.connect() {
+        Ok(c) => c,
+        Err(e) => return fail(format!("{e} (this run could not be recorded)")),
+    };
+    let host = config.host_name();
+    let holder = format!("{host}:{}:{run_id}", std::process::id());
+    info!(trigger = trigger.as_str(), "job {} started", spec.name);
+
+    let locked = with_job_lock(
+        db,
+        &mut conn,
+        spec.name,
+        &holder,
+        |conn, keeper| -> Result<JobReport, JobError> {
+            let started_at = crate::db::now();
+            history::close_abandoned(conn, spec.name, started_at)?;
+            history::record_start(conn, &run_id, spec.name, &host, trigger, started_at)?;
+            let mut ctx = JobContext {
+                conn,
+                config,
+                settings,
+                job: spec.name,
+                run_id: &run_id,
+                started_at,
+                keeper,
+                stop,
+            };
+            let result = match catch_unwind(AssertUnwindSafe(|| (spec.run)(&mut ctx))) {
+                Ok(r) => r,
+                Err(payload) => Err(JobError::Panicked(panic_message(payload.as_ref()))),
+            };
+            let finished_at = crate::db::now();
+            let recorded = match &result {
+                Ok(report) => history::record_finish(ctx.conn, &run_id, "ok", report.rows_affected, None, finished_at),
+                Err(e) => history::record_finish(ctx.conn, &run_id, "failed", 0, Some(&e.to_string()), finished_at),
+            };
+            if let Err(e) = recorded {
+                warn!(error = %e, "could not record the end of run {run_id}");
+            }
+            result
+        },
+    );
+
+    let duration = started.elapsed();
+    match locked {
+        Ok(None) => {
+            info!(
+                outcome = "skipped",
+                "job {} skipped: another process holds its lock", spec.name
+            );
+            RunOutcome::Skipped
+        }
+        Ok(Some(Ok(report))) => {
+            info!(
+                outcome = "ok",
+                rows_affected = report.rows_affected,
+                duration_ms = duration.as_millis() as u64,
+                stopped_early = report.stopped_early,
+                "job {} finished: {} row(s) affected{}",
+                spec.name,
+                report.rows_affected,
+                if report.stopped_early {
+                    " (stopped early for shutdown; the next run continues)"
+                } else {
+                    ""
+                }
+            );
+            RunOutcome::Completed {
+                run_id,
+                report,
+                duration,
+            }
+        }
+        Ok(Some(Err(e))) => fail(e.to_string()),
+        Err(e) => fail(e.to_string()),
+    }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic payload".to_string()
+    }
+}

@@ -1,0 +1,58 @@
+//! The registry of scheduled jobs: their names, default schedules and entry
+//! points. Adding a job is adding a module and a line here.
+
+use crate::config::Schedule;
+
+use super::{JobContext, JobError, JobReport};
+
+/// A job as the scheduler and the command line know it.
+#[derive(Debug)]
+pub struct JobSpec {
+    pub name: &'static str,
+    pub description: &'static str,
+    /// Five-field cron, UTC.
+    pub default_schedule: &'static str,
+    /// Whether the job changes rows in batches (and so takes `batch_size`).
+    pub batched: bool,
+    pub default_batch_size: u32,
+    pub run: fn(&mut JobContext<'_>) -> Result<JobReport, JobError>,
+}
+
+impl JobSpec {
+    pub fn default_schedule(&self) -> Schedule {
+        // The built-in schedules are checked by a unit test below.
+        Schedule::parse(self.default_schedule)
+            .unwrap_or_else(|e| panic!("built-in schedule of {} is invalid: {e}", self.name))
+    }
+}
+
+static JOBS: &[JobSpec] = &[JobSpec {
+    name: "expire-keys",
+    description: "active API keys whose expiry has passed become expired",
+    default_schedule: "*/5 * * * *",
+    batched: true,
+    default_batch_size: 1000,
+    run: super::expire_keys::run,
+}];
+
+pub fn all() -> &'static [JobSpec] {
+    JOBS
+}
+
+pub fn find(name: &str) -> Option<&'static JobSpec> {
+    JOBS.iter().find(|j| j.name == name)
+}
+
+pub fn names() -> Vec<&'static str> {
+    JOBS.iter().map(|j| j.name).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn built_in_schedules_parse() {
+        for job in super::all() {
+            crate::config::Schedule::parse(job.default_schedule).unwrap();
+        }
+    }
+}

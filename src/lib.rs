@@ -1,0 +1,40 @@
+//! keywarden keeps an organisation's credentials healthy with nobody at the
+//! console: it expires and retires API keys, warns owners before keys and
+//! certificates expire, renews TLS certificates over ACME, and watches file
+//! permissions for drift. It runs under systemd, wakes on schedules, writes
+//! everything it changes to PostgreSQL or SQLite and reports to journald.
+//!
+//! # Layout
+//!
+//! | module | concern |
+//! |---|---|
+//! | [`cli`] | the command line, one module per command group; `main.rs` only calls [`cli::main`] |
+//! | [`config`] | the TOML model, validation with file:line:column errors, secrets |
+//! | [`daemon`] | the runtime: scheduler, signals (reload, stop), sd_notify, task supervision |
+//! | [`telemetry`] | tracing to journald under systemd, to stderr otherwise |
+//! | [`db`] | connections for both backends, schema, embedded migrations, job locks |
+//! | [`jobs`] | the job registry, the run wrapper, one module per job |
+//! | [`keys`] | the API-key domain |
+//!
+//! # Choices that are not obvious
+//!
+//! - **Diesel `MultiConnection`** gives one query path for PostgreSQL and
+//!   SQLite; the few backend-only statements are in [`db::lock`] and
+//!   [`db::migrate`]. Diesel is synchronous: jobs run on tokio's blocking
+//!   pool, one connection per run, which for jobs that fire every few minutes
+//!   costs nothing and avoids a pool holding session state.
+//! - **`croner`** validates schedules and computes next runs; it is the parser
+//!   `tokio-cron-scheduler` uses, configured the same way, so `check-config`,
+//!   `jobs list` and the scheduler agree.
+//! - **`toml`'s spanned parser** (`DeTable`) lets each section be checked on
+//!   its own, so one pass reports every broken section with its place.
+//! - **`signal-hook-tokio`** delivers signals as a stream, so reload and stop
+//!   are ordinary `select!` arms in the daemon loop.
+
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod db;
+pub mod jobs;
+pub mod keys;
+pub mod telemetry;

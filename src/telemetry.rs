@@ -1,0 +1,123 @@
+//! Logging: natively to journald when running under systemd (or when the
+//! configuration says so), human-readable lines on stderr otherwise.
+//!
+//! Journald receives every event with structured fields, upper-cased and
+//! without prefix, so `journalctl -u keywarden JOB=expire-keys` works:
+//!
+//! | field | meaning |
+//! |---|---|
+//! | `JOB` | job name, on every line logged during a run |
+//! | `RUN_ID` | the run's id, also in `job_runs.run_id` |
+//! | `TRIGGER` | `schedule` or `manual` |
+//! | `OUTCOME` | `ok`, `failed` or `skipped`, on the line that ends a run |
+//! | `ROWS_AFFECTED` | rows changed by the run (or by one batch) |
+//! | `DURATION_MS` | how long the run took |
+//! | `ERROR` | the error, on failures |
+//! | `EVENT` | daemon events: `started`, `reload-applied`, `reload-refused`, `stopping`, `stopped` |
+//!
+//! The log level can be changed by a reload.
+
+use std::io::IsTerminal;
+use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt;
+
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{reload, Registry};
+
+use crate::config::{LogLevel, LogTarget};
+
+/// Where logging ended up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActiveTarget {
+    Journald,
+    Stderr,
+}
+
+/// Handle kept by the daemon to change the level on reload.
+pub struct Telemetry {
+    level: reload::Handle<LevelFilter, Registry>,
+    pub target: ActiveTarget,
+}
+
+impl Telemetry {
+    pub fn set_level(&self, level: LogLevel) {
+        if let Err(e) = self.level.reload(level.as_filter()) {
+            tracing::warn!("could not change the log level: {e}");
+        }
+    }
+}
+
+/// True when systemd connected our stderr to the journal: it sets
+/// `JOURNAL_STREAM=<device>:<inode>` of that stream.
+pub fn stderr_is_journal() -> bool {
+    let Some(value) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some(value) = value.to_str() else { return false };
+    let Some((dev, ino)) = value.split_once(':') else {
+        return false;
+    };
+    let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
+        return false;
+    };
+    let Ok(fd) = std::io::stderr().as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    let file = std::fs::File::from(fd);
+    match file.metadata() {
+        Ok(meta) => meta.dev() == dev && meta.ino() == ino,
+        Err(_) => false,
+    }
+}
+
+/// Installs the global subscriber. Call once per process.
+pub fn init(target: LogTarget, level: LogLevel) -> Telemetry {
+    let want_journald = match target {
+        LogTarget::Journald => true,
+        LogTarget::Stderr => false,
+        LogTarget::Auto => stderr_is_journal(),
+    };
+    let (filter, handle) = reload::Layer::new(level.as_filter());
+    let mut fallback_reason = None;
+    let journald = if want_journald {
+        match tracing_journald::layer() {
+            Ok(layer) => Some(
+                layer
+                    .with_field_prefix(None)
+                    .with_syslog_identifier("keywarden".to_string()),
+            ),
+            Err(e) => {
+                fallback_reason = Some(e.to_string());
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let active = if journald.is_some() {
+        ActiveTarget::Journald
+    } else {
+        ActiveTarget::Stderr
+    };
+    let fmt = (active == ActiveTarget::Stderr).then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_target(false)
+            .with_ansi(std::io::stderr().is_terminal())
+    });
+    // Err means a subscriber is already installed (tests in one process).
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(journald)
+        .with(fmt)
+        .try_init();
+    if let Some(reason) = fallback_reason {
+        tracing::warn!("journald is not reachable ({reason}); logging to stderr instead");
+    }
+    Telemetry {
+        level: handle,
+        target: active,
+    }
+}
