@@ -37,6 +37,13 @@ pub fn run_pending(conn: &mut DbConnection) -> Result<Vec<String>, DbError> {
             // An immediate transaction takes SQLite's write lock up front: a
             // second process waits (busy_timeout), then finds nothing to do.
             // Diesel runs each migration in a savepoint inside it.
+            // Most starts find nothing to do: check without taking the lock.
+            if !lite
+                .has_pending_migration(SQLITE)
+                .map_err(|e| DbError::Migration(e.to_string()))?
+            {
+                return Ok(Vec::new());
+            }
             lite.immediate_transaction(|c| {
                 c.run_pending_migrations(SQLITE)
                     .map(|v| v.iter().map(|m| m.to_string()).collect::<Vec<_>>())

@@ -1,0 +1,174 @@
+//! The command line without a database: configuration errors as an admin
+//! meets them, secrets refused, help and exit codes.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+
+use support::BIN;
+
+fn write(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn run(args: &[&str], envs: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .envs(envs.iter().copied())
+        .env_remove("NOTIFY_SOCKET")
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn check_config_says_ok_for_the_examples() {
+    for example in ["examples/quickstart.toml", "packaging/keywarden.toml"] {
+        let (code, out, err) = run(&["--config", example, "check-config"], &[]);
+        assert_eq!((code, out.trim()), (Some(0), "ok"), "{example}: {err}");
+    }
+}
+
+#[test]
+fn one_broken_line_gives_one_precise_error_and_exit_78() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        "keywarden.toml",
+        "[daemon]\nlog_level = \"info\"\n\n[database]\nurl = \"sqlite:///tmp/x.db\"\nbusy_timeout = \"5 seconds\"\n",
+    );
+    for cmd in ["check-config", "run", "migrate", "status"] {
+        let (code, out, err) = run(&["--config", cfg.to_str().unwrap(), cmd], &[]);
+        assert_eq!(code, Some(78), "{cmd}: {out} {err}");
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 1, "{cmd}: {err}");
+        assert!(
+            lines[0].starts_with(&format!("{}:6:16: ", cfg.display())),
+            "{cmd}: {err}"
+        );
+        assert!(lines[0].contains("\"5 seconds\""), "{err}");
+    }
+}
+
+#[test]
+fn every_error_is_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        "k.toml",
+        "[daemon]\nshutdown_timeout = 30\n[database]\nurl = \"mysql://db/x\"\n[jobs.expire-keys]\nschedul = \"* * * * *\"\n",
+    );
+    let (code, _, err) = run(&["--config", cfg.to_str().unwrap(), "check-config"], &[]);
+    assert_eq!(code, Some(78));
+    assert_eq!(err.lines().count(), 3, "{err}");
+    assert!(err.contains(":2:20:") && err.contains("\"30s\""), "{err}");
+    assert!(err.contains(":4:7:") && err.contains("mysql"), "{err}");
+    assert!(err.contains(":6:1:") && err.contains("schedul"), "{err}");
+}
+
+#[test]
+fn config_is_found_through_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(dir.path(), "env.toml", "[daemon]\nlog_level = \"loud\"\n");
+    let (code, _, err) = run(&["check-config"], &[("KEYWARDEN_CONFIG", cfg.to_str().unwrap())]);
+    assert_eq!(code, Some(78));
+    assert!(err.contains("env.toml:2:13:"), "{err}");
+    let (code, _, err) = run(
+        &["check-config"],
+        &[("KEYWARDEN_CONFIG", "/nonexistent/keywarden.toml")],
+    );
+    assert_eq!(code, Some(78));
+    assert!(
+        err.starts_with("/nonexistent/keywarden.toml: cannot read configuration"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_world_readable_secret_file_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = write(dir.path(), "db-password", "correct horse battery staple\n");
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let cfg = write(
+        dir.path(),
+        "k.toml",
+        &format!(
+            "[database]\nurl = \"postgres://keywarden@127.0.0.1:5432/keywarden\"\npassword = {{ file = \"{}\" }}\n",
+            secret.display()
+        ),
+    );
+    // check-config does not read secrets (it runs from ExecReload=).
+    let (code, out, _) = run(&["--config", cfg.to_str().unwrap(), "check-config"], &[]);
+    assert_eq!((code, out.trim()), (Some(0), "ok"));
+    let (code, _, err) = run(&["--config", cfg.to_str().unwrap(), "run"], &[]);
+    assert_eq!(code, Some(78), "{err}");
+    assert!(
+        err.contains(&secret.display().to_string()) && err.contains("0644"),
+        "{err}"
+    );
+    assert!(!err.contains("correct horse"), "{err}");
+}
+
+#[test]
+fn a_missing_credential_is_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        "k.toml",
+        "[database]\nurl = \"postgres://keywarden@127.0.0.1/keywarden\"\npassword = { credential = \"db-password\" }\n",
+    );
+    let out = Command::new(BIN)
+        .args(["--config", cfg.to_str().unwrap(), "migrate"])
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("LoadCredential=db-password"));
+}
+
+#[test]
+fn a_password_in_a_world_readable_config_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        "k.toml",
+        "[database]\nurl = \"postgres://kw:hunter2@127.0.0.1/kw\"\n",
+    );
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, _, err) = run(&["--config", cfg.to_str().unwrap(), "check-config"], &[]);
+    assert_eq!(code, Some(78));
+    assert!(
+        err.contains("readable by everyone") && !err.contains("hunter2"),
+        "{err}"
+    );
+}
+
+#[test]
+fn help_everywhere_and_exit_codes_documented() {
+    let (code, out, _) = run(&["--help"], &[]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("78") && out.contains("75"), "{out}");
+    for args in [
+        &["run", "--help"][..],
+        &["check-config", "--help"],
+        &["migrate", "--help"],
+        &["jobs", "--help"],
+        &["jobs", "list", "--help"],
+        &["jobs", "run", "--help"],
+        &["status", "--help"],
+    ] {
+        let (code, out, err) = run(args, &[]);
+        assert_eq!(code, Some(0), "{args:?}: {err}");
+        assert!(out.contains("Usage:"), "{args:?}: {out}");
+    }
+    let (code, _, err) = run(&["jobs", "run", "make-coffee"], &[]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("expire-keys"), "{err}");
+}

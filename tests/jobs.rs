@@ -1,0 +1,267 @@
+//! Jobs on real databases: the runner's bookkeeping and locking, and the
+//! first real job, `expire-keys`, on both backends.
+
+mod support;
+
+use std::path::Path;
+
+use chrono::TimeDelta;
+use diesel::prelude::*;
+use keywarden::config::Config;
+use keywarden::db::schema::{api_key_events, job_leases, job_runs};
+use keywarden::jobs::{self, JobContext, JobError, JobReport, JobSpec, RunOutcome, Trigger};
+use support::*;
+use tokio_util::sync::CancellationToken;
+
+both_backends!(
+    expire_keys_expires_due_keys_once_with_audit_rows,
+    jobs_run_skips_while_another_process_holds_the_lock,
+    a_panicking_job_is_recorded_as_failed,
+    a_crashed_run_is_closed_as_interrupted_by_the_next,
+    migrate_is_idempotent_and_status_reports,
+);
+
+fn expire_keys_expires_due_keys_once_with_audit_rows(backend: Backend) {
+    let Some(db) = TestDb::new(backend) else { return };
+    let mut conn = db.conn();
+    let owner = add_user(&mut conn, "owner@example.com");
+    for p in ["sk_live_v2_past1", "sk_live_v2_past2", "sk_live_v2_past3"] {
+        add_key(&mut conn, owner, p, "active", ts(-TimeDelta::hours(1)));
+    }
+    add_key(&mut conn, owner, "sk_live_v2_future", "active", ts(TimeDelta::days(3)));
+    add_key(
+        &mut conn,
+        owner,
+        "sk_live_v2_revoked",
+        "revoked",
+        ts(-TimeDelta::days(2)),
+    );
+    // batch_size 2 makes the three due keys take two batches.
+    let config = db.write_config("k.toml", "[jobs.expire-keys]\nbatch_size = 2\n");
+
+    let out = keywarden(&config, &["jobs", "run", "expire-keys"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("expire-keys: ok, 3 row(s) affected"), "{stdout}");
+
+    for p in ["sk_live_v2_past1", "sk_live_v2_past2", "sk_live_v2_past3"] {
+        assert_eq!(key_status(&mut conn, p), "expired");
+    }
+    assert_eq!(key_status(&mut conn, "sk_live_v2_future"), "active");
+    assert_eq!(
+        key_status(&mut conn, "sk_live_v2_revoked"),
+        "revoked",
+        "a revoked key never comes back"
+    );
+
+    let events: Vec<(String, String, String)> = api_key_events::table
+        .select((api_key_events::prefix, api_key_events::event, api_key_events::actor))
+        .order(api_key_events::prefix)
+        .load(&mut conn)
+        .unwrap();
+    assert_eq!(events.len(), 3, "{events:?}");
+    assert!(
+        events.iter().all(|(_, e, a)| e == "expired" && a == "job:expire-keys"),
+        "{events:?}"
+    );
+
+    // Idempotent: a second run changes nothing and writes no event.
+    let out = keywarden(&config, &["jobs", "run", "expire-keys"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok, 0 row(s)"));
+    let n: i64 = api_key_events::table.count().get_result(&mut conn).unwrap();
+    assert_eq!(n, 3);
+
+    let runs: Vec<(String, String, i64, Option<String>)> = job_runs::table
+        .select((
+            job_runs::job,
+            job_runs::outcome,
+            job_runs::rows_affected,
+            job_runs::trigger,
+        ))
+        .order(job_runs::id)
+        .load::<(String, String, i64, String)>(&mut conn)
+        .unwrap()
+        .into_iter()
+        .map(|(j, o, r, t)| (j, o, r, Some(t)))
+        .collect();
+    assert_eq!(
+        runs,
+        vec![
+            ("expire-keys".into(), "ok".into(), 3, Some("manual".into())),
+            ("expire-keys".into(), "ok".into(), 0, Some("manual".into()))
+        ]
+    );
+    // The audit trail is append-only, enforced by the database.
+    let tampered = diesel::update(api_key_events::table)
+        .set(api_key_events::actor.eq("someone"))
+        .execute(&mut conn);
+    assert!(tampered.is_err(), "updating an audit row must fail");
+}
+
+fn jobs_run_skips_while_another_process_holds_the_lock(backend: Backend) {
+    let Some(db) = TestDb::new(backend) else { return };
+    let mut conn = db.conn();
+    let config = db.write_config("k.toml", "");
+    match backend {
+        Backend::Postgres => {
+            // This test's connection plays the other replica: it holds the
+            // job's transaction-scoped advisory lock.
+            let mut other = db.database().connect().unwrap();
+            let keywarden::db::DbConnection::Postgres(pg) = &mut other else {
+                unreachable!()
+            };
+            pg.transaction::<_, diesel::result::Error, _>(|pg| {
+                let got: bool = diesel::select(keywarden::db::lock::pg_try_advisory_xact_lock(
+                    keywarden::db::lock::lock_key("expire-keys"),
+                ))
+                .get_result(pg)?;
+                assert!(got);
+                let out = keywarden(&config, &["jobs", "run", "expire-keys"]);
+                assert_eq!(
+                    out.status.code(),
+                    Some(75),
+                    "stderr: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                assert!(String::from_utf8_lossy(&out.stderr).contains("skipped"));
+                Ok(())
+            })
+            .unwrap();
+        }
+        Backend::Sqlite => {
+            let now = keywarden::db::now();
+            diesel::insert_into(job_leases::table)
+                .values((
+                    job_leases::job.eq("expire-keys"),
+                    job_leases::holder.eq("otherhost:4242:run"),
+                    job_leases::acquired_at.eq(now),
+                    job_leases::expires_at.eq(now + TimeDelta::minutes(5)),
+                ))
+                .execute(&mut conn)
+                .unwrap();
+            let out = keywarden(&config, &["jobs", "run", "expire-keys"]);
+            assert_eq!(
+                out.status.code(),
+                Some(75),
+                "stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            // A lease whose holder died runs out, and the job runs again.
+            diesel::update(job_leases::table)
+                .set(job_leases::expires_at.eq(now - TimeDelta::seconds(1)))
+                .execute(&mut conn)
+                .unwrap();
+        }
+    }
+    // Lock free: the job runs, and its own lock is released afterwards.
+    for _ in 0..2 {
+        let out = keywarden(&config, &["jobs", "run", "expire-keys"]);
+        assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let skipped: i64 = job_runs::table.count().get_result(&mut conn).unwrap();
+    assert_eq!(skipped, 2, "skipped runs are logged, not recorded as runs");
+}
+
+fn panicking_job(_ctx: &mut JobContext<'_>) -> Result<JobReport, JobError> {
+    panic!("deliberate panic in a test job")
+}
+
+fn a_panicking_job_is_recorded_as_failed(backend: Backend) {
+    let Some(db) = TestDb::new(backend) else { return };
+    let mut conn = db.conn();
+    let config = Config::from_toml(Path::new("t.toml"), &format!("[database]\nurl = \"{}\"\n", db.url)).unwrap();
+    // Borrow expire-keys' settings: the runner looks settings up by name.
+    let spec = JobSpec {
+        name: "expire-keys",
+        description: "panics",
+        default_schedule: "* * * * *",
+        batched: true,
+        default_batch_size: 1,
+        run: panicking_job,
+    };
+    let outcome = jobs::execute(
+        &db.database(),
+        &config,
+        &spec,
+        Trigger::Manual,
+        &CancellationToken::new(),
+    );
+    match outcome {
+        RunOutcome::Failed { error, .. } => assert!(error.contains("deliberate panic"), "{error}"),
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    let (outcome, error): (String, Option<String>) = job_runs::table
+        .select((job_runs::outcome, job_runs::error))
+        .first(&mut conn)
+        .unwrap();
+    assert_eq!(outcome, "failed");
+    assert!(error.unwrap_or_default().contains("panicked"));
+    // The lock was released despite the panic.
+    let again = jobs::execute(
+        &db.database(),
+        &config,
+        keywarden::jobs::registry::find("expire-keys").unwrap(),
+        Trigger::Manual,
+        &CancellationToken::new(),
+    );
+    assert!(matches!(again, RunOutcome::Completed { .. }), "{again:?}");
+}
+
+fn a_crashed_run_is_closed_as_interrupted_by_the_next(backend: Backend) {
+    let Some(db) = TestDb::new(backend) else { return };
+    let mut conn = db.conn();
+    keywarden::jobs::history::record_start(
+        &mut conn,
+        "deadbeef",
+        "expire-keys",
+        "otherhost",
+        Trigger::Schedule,
+        ts(-TimeDelta::hours(2)),
+    )
+    .unwrap();
+    let config = db.write_config("k.toml", "");
+    let out = keywarden(&config, &["jobs", "run", "expire-keys"]);
+    assert!(out.status.success());
+    let outcome: String = job_runs::table
+        .filter(job_runs::run_id.eq("deadbeef"))
+        .select(job_runs::outcome)
+        .first(&mut conn)
+        .unwrap();
+    assert_eq!(outcome, "interrupted");
+    let list = keywarden(&config, &["jobs", "list"]);
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(text.contains("expire-keys") && text.contains("ok"), "{text}");
+}
+
+fn migrate_is_idempotent_and_status_reports(backend: Backend) {
+    let Some(db) = TestDb::new(backend) else { return };
+    let config = db.write_config("k.toml", "[jobs.expire-keys]\nenabled = false\n");
+    // Before migrating, commands other than migrate refuse with a hint.
+    let out = keywarden(&config, &["jobs", "list"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("keywarden migrate"));
+
+    let out = keywarden(&config, &["migrate"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("applied"));
+    let out = keywarden(&config, &["migrate"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "schema is up to date");
+
+    let out = keywarden(&config, &["status", "--json"]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["database"]["pending_migrations"].as_array().unwrap().len(), 0);
+    assert_eq!(v["jobs"][0]["job"], "expire-keys");
+    assert_eq!(v["jobs"][0]["enabled"], false);
+    assert!(v["jobs"][0]["next_run_at"].is_null());
+    let url = v["database"]["url"].as_str().unwrap();
+    assert!(url.starts_with(if backend == Backend::Sqlite {
+        "sqlite://"
+    } else {
+        "postgres://"
+    }));
+}

@@ -1,0 +1,358 @@
+//! Shared test support: a database of the test's own on each backend, config
+//! files in a temporary directory, the real binary, a NOTIFY_SOCKET, signals.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{NaiveDateTime, TimeDelta};
+use diesel::prelude::*;
+use keywarden::config::{Config, Secrets};
+use keywarden::db::schema::{api_keys, users};
+use keywarden::db::{Database, DbConnection};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_keywarden");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Generates one test per backend from a function taking a [`Backend`].
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn sqlite() {
+                    super::$name($crate::support::Backend::Sqlite)
+                }
+                #[test]
+                fn postgres() {
+                    super::$name($crate::support::Backend::Postgres)
+                }
+            }
+        )*
+    };
+}
+
+/// The PostgreSQL server the tests use.
+pub fn postgres_admin_url() -> String {
+    std::env::var("KEYWARDEN_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn under_ci() -> bool {
+    std::env::var("CI").map(|v| v == "true" || v == "1").unwrap_or(false)
+}
+
+/// A database owned by one test: an SQLite file in the test's directory, or
+/// a PostgreSQL database created for it and dropped afterwards.
+pub struct TestDb {
+    pub backend: Backend,
+    pub url: String,
+    pub dir: tempfile::TempDir,
+    pg_name: Option<String>,
+}
+
+impl TestDb {
+    /// `None` when PostgreSQL is unreachable outside CI (the skip is printed
+    /// loudly); under CI an unreachable server fails the test.
+    pub fn new(backend: Backend) -> Option<TestDb> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        match backend {
+            Backend::Sqlite => {
+                let url = format!("sqlite://{}", dir.path().join("keywarden.db").display());
+                Some(TestDb {
+                    backend,
+                    url,
+                    dir,
+                    pg_name: None,
+                })
+            }
+            Backend::Postgres => {
+                let admin = postgres_admin_url();
+                let mut conn = match PgConnection::establish(&admin) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        if under_ci() {
+                            panic!("PostgreSQL at {admin} is not reachable under CI: {e}");
+                        }
+                        eprintln!("\n*** SKIPPED: PostgreSQL test, server not reachable at {admin}: {e} ***\n");
+                        return None;
+                    }
+                };
+                let name = format!("kw_test_{}", uuid::Uuid::new_v4().simple());
+                // The name is generated here from hex digits only.
+                diesel::sql_query(format!("CREATE DATABASE {name}"))
+                    .execute(&mut conn)
+                    .expect("create database");
+                let mut url = url::Url::parse(&admin).expect("admin url");
+                url.set_path(&format!("/{name}"));
+                Some(TestDb {
+                    backend,
+                    url: url.to_string(),
+                    dir,
+                    pg_name: Some(name),
+                })
+            }
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes a configuration file pointing at this database, with `extra`
+    /// TOML appended, and returns its path.
+    pub fn write_config(&self, name: &str, extra: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        let text = format!(
+            "[daemon]\nlog_target = \"stderr\"\nshutdown_timeout = \"30s\"\n\n[database]\nurl = \"{}\"\nbusy_timeout = \"60s\"\n\n{extra}",
+            self.url
+        );
+        std::fs::write(&path, text).expect("write config");
+        path
+    }
+
+    pub fn database(&self) -> Database {
+        let cfg = Config::from_toml(Path::new("test.toml"), &format!("[database]\nurl = \"{}\"\n", self.url))
+            .expect("test config");
+        Database::new(&cfg.database, &Secrets::default())
+    }
+
+    /// A migrated connection.
+    pub fn conn(&self) -> DbConnection {
+        let mut conn = self.database().connect().expect("connect");
+        keywarden::db::migrate::run_pending(&mut conn).expect("migrate");
+        conn
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Some(name) = &self.pg_name {
+            if let Ok(mut conn) = PgConnection::establish(&postgres_admin_url()) {
+                let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn);
+            }
+        }
+    }
+}
+
+pub fn ts(offset: TimeDelta) -> NaiveDateTime {
+    keywarden::db::now() + offset
+}
+
+/// Inserts an owner and returns its id.
+pub fn add_user(conn: &mut DbConnection, email: &str) -> i64 {
+    let now = keywarden::db::now();
+    diesel::insert_into(users::table)
+        .values((
+            users::email.eq(email),
+            users::status.eq("active"),
+            users::created_at.eq(now),
+            users::updated_at.eq(now),
+        ))
+        .returning(users::id)
+        .get_result(conn)
+        .expect("insert user")
+}
+
+/// Inserts a key row directly (the hash is a well-formed placeholder: these
+/// tests exercise the lifecycle jobs, not verification).
+pub fn add_key(conn: &mut DbConnection, owner: i64, prefix: &str, status: &str, expires_at: NaiveDateTime) -> i64 {
+    let now = keywarden::db::now();
+    let revoked_at = (status == "revoked").then_some(now);
+    diesel::insert_into(api_keys::table)
+        .values((
+            api_keys::prefix.eq(prefix),
+            api_keys::key_hash.eq("$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA"),
+            api_keys::name.eq(format!("key {prefix}")),
+            api_keys::status.eq(status),
+            api_keys::owner_id.eq(owner),
+            api_keys::expires_at.eq(expires_at),
+            api_keys::revoked_at.eq(revoked_at),
+            api_keys::created_at.eq(now),
+            api_keys::updated_at.eq(now),
+        ))
+        .returning(api_keys::id)
+        .get_result(conn)
+        .expect("insert key")
+}
+
+pub fn key_status(conn: &mut DbConnection, prefix: &str) -> String {
+    api_keys::table
+        .filter(api_keys::prefix.eq(prefix))
+        .select(api_keys::status)
+        .first(conn)
+        .expect("key status")
+}
+
+/// Runs the binary to completion.
+pub fn keywarden(config: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env_remove("NOTIFY_SOCKET")
+        .output()
+        .expect("run keywarden")
+}
+
+/// A NOTIFY_SOCKET the test binds, as systemd does.
+pub struct NotifySocket {
+    pub path: PathBuf,
+    sock: UnixDatagram,
+}
+
+impl NotifySocket {
+    pub fn bind(dir: &Path) -> NotifySocket {
+        let path = dir.join("notify.sock");
+        let sock = UnixDatagram::bind(&path).expect("bind notify socket");
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        NotifySocket { path, sock }
+    }
+
+    /// Waits for a datagram containing `needle`; returns the whole datagram.
+    pub fn wait_for(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        let mut buf = vec![0u8; 4096];
+        while Instant::now() < deadline {
+            if let Ok(n) = self.sock.recv(&mut buf) {
+                let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+                if msg.lines().any(|l| l == needle || l.starts_with(needle)) {
+                    return msg;
+                }
+                seen.push(msg);
+            }
+        }
+        panic!("no notification {needle:?} within {timeout:?}; got {seen:#?}");
+    }
+}
+
+/// The daemon as a child process, its stderr collected line by line.
+pub struct Daemon {
+    pub child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Daemon {
+    pub fn start(config: &Path, notify: Option<&NotifySocket>, envs: &[(&str, &str)]) -> Daemon {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--config")
+            .arg(config)
+            .arg("run")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        cmd.env_remove("NOTIFY_SOCKET")
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("WATCHDOG_USEC");
+        if let Some(n) = notify {
+            cmd.env("NOTIFY_SOCKET", &n.path);
+        }
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start daemon");
+        let stderr = child.stderr.take().expect("stderr");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Daemon { child, lines }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{sig} failed");
+    }
+
+    pub fn log(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    /// Waits until a stderr line contains `needle` (after `skip` matches).
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> String {
+        self.wait_for_nth_log(needle, 1, timeout)
+    }
+
+    pub fn wait_for_nth_log(&self, needle: &str, nth: usize, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let found: Vec<String> = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| l.contains(needle))
+                .cloned()
+                .collect();
+            if found.len() >= nth {
+                return found[nth - 1].clone();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "no log line {needle:?} (#{nth}) within {timeout:?}; log:\n{}",
+            self.log()
+        );
+    }
+
+    pub fn count_log(&self, needle: &str) -> usize {
+        self.lines.lock().unwrap().iter().filter(|l| l.contains(needle)).count()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        panic!("daemon did not exit within {timeout:?}; log:\n{}", self.log());
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `f` until it returns true.
+pub fn eventually(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out after {timeout:?} waiting for: {what}");
+}
