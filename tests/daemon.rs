@@ -29,7 +29,10 @@ const EVERY_SECOND: &str = "[jobs.expire-keys]\nschedule = \"* * * * * *\"\n";
 fn ready_reload_valid_and_invalid_then_stop(backend: Backend) {
     let Some(db) = TestDb::new(backend) else { return };
     let notify = NotifySocket::bind(db.path());
-    let config = db.write_config("keywarden.toml", "[jobs.expire-keys]\nenabled = false\n");
+    let config = db.write_config(
+        "keywarden.toml",
+        "[jobs.expire-keys]\nenabled = false\n[jobs.revoke-grace]\nenabled = false\n[jobs.purge-audit]\nenabled = false\n",
+    );
     let mut daemon = Daemon::start(&config, Some(&notify), &[("WATCHDOG_USEC", "400000")]);
 
     let ready = notify.wait_for("READY=1", 30 * SECOND);

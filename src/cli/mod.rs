@@ -11,11 +11,14 @@
 //! | 78 | bad configuration or unreadable secret (EX_CONFIG) |
 //! | 128+n | the daemon was stopped by a second signal n while waiting for jobs |
 
+mod actor;
 pub mod check_config;
 pub mod jobs;
+pub mod keys;
 pub mod migrate;
 pub mod run;
 pub mod status;
+pub mod users;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -62,6 +65,12 @@ pub enum Command {
     /// List or run scheduled jobs
     #[command(subcommand)]
     Jobs(jobs::JobsCommand),
+    /// Manage owners of keys
+    #[command(subcommand)]
+    Users(users::UsersCommand),
+    /// Issue, list, rotate, revoke and verify API keys
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
     /// Show jobs, their last outcome and next run
     Status {
         /// Print JSON instead of text
@@ -85,6 +94,8 @@ pub fn main() -> ExitCode {
         Command::CheckConfig => check_config::run(&path),
         Command::Migrate => migrate::run(&path),
         Command::Jobs(cmd) => jobs::run(&path, cmd),
+        Command::Users(cmd) => users::run(&path, cmd),
+        Command::Keys(cmd) => keys::run(&path, cmd),
         Command::Status { json } => status::run(&path, json),
     }
 }

@@ -11,6 +11,7 @@ use super::{load_config, open_database, EXIT_FAILURE};
 use crate::config::Config;
 use crate::db::{migrate, DbConnection, DbError};
 use crate::jobs::history;
+use crate::keys::service::{summary, KeysSummary};
 
 /// One job as shown by `jobs list` and `status`.
 #[derive(Debug, Serialize)]
@@ -120,6 +121,7 @@ pub fn print_jobs_table(rows: &[JobStatus]) {
 struct Status {
     database: DatabaseStatus,
     jobs: Vec<JobStatus>,
+    keys: Option<KeysSummary>,
 }
 
 #[derive(Debug, Serialize)]
@@ -138,12 +140,16 @@ pub fn run(path: &Path, json: bool) -> ExitCode {
         Ok(d) => d,
         Err(code) => return code,
     };
-    let collected = database.connect().and_then(|mut conn| {
-        let pending = migrate::pending(&mut conn)?;
-        let jobs = if pending.is_empty() {
-            collect_jobs(&config, &mut conn)?
+    let collected = (|| -> Result<Status, String> {
+        let mut conn = database.connect().map_err(|e| e.to_string())?;
+        let pending = migrate::pending(&mut conn).map_err(|e| e.to_string())?;
+        let (jobs, keys) = if pending.is_empty() {
+            (
+                collect_jobs(&config, &mut conn).map_err(|e| e.to_string())?,
+                Some(summary(&mut conn).map_err(|e| e.to_string())?),
+            )
         } else {
-            Vec::new()
+            (Vec::new(), None)
         };
         Ok(Status {
             database: DatabaseStatus {
@@ -152,8 +158,9 @@ pub fn run(path: &Path, json: bool) -> ExitCode {
                 pending_migrations: pending,
             },
             jobs,
+            keys,
         })
-    });
+    })();
     let status = match collected {
         Ok(s) => s,
         Err(e) => {
@@ -178,5 +185,16 @@ pub fn run(path: &Path, json: bool) -> ExitCode {
     println!();
     println!("Jobs:");
     print_jobs_table(&status.jobs);
+    if let Some(k) = &status.keys {
+        println!();
+        println!("Keys:");
+        println!(
+            "  active {}, rotating {}, revoked {}, expired {}; {} active key(s) expire within 7 days",
+            k.active, k.rotating, k.revoked, k.expired, k.expiring_within_7d
+        );
+        for (prefix, ends) in &k.in_grace {
+            println!("  in grace: {prefix} until {}", ts(*ends));
+        }
+    }
     ExitCode::SUCCESS
 }

@@ -9,35 +9,16 @@ use crate::keys::expire::expire_batch;
 pub fn run(ctx: &mut JobContext<'_>) -> Result<JobReport, JobError> {
     let batch = ctx.settings.batch_size;
     let actor = ctx.actor();
-    let mut report = JobReport::default();
-    loop {
+    super::batched(ctx, |ctx| {
         let expired = expire_batch(ctx.conn, ctx.started_at, batch, &actor)?;
-        report.rows_affected += expired.len() as u64;
         if !expired.is_empty() {
             info!(
                 rows_affected = expired.len() as u64,
                 "expired {} key(s): {}",
                 expired.len(),
-                preview(&expired)
+                super::preview(&expired)
             );
         }
-        if (expired.len() as u64) < u64::from(batch) {
-            break;
-        }
-        if !ctx.checkpoint()? {
-            report.stopped_early = true;
-            break;
-        }
-    }
-    Ok(report)
-}
-
-/// The first few prefixes, for the log line (prefixes are public).
-fn preview(prefixes: &[String]) -> String {
-    const SHOWN: usize = 5;
-    let mut out = prefixes.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
-    if prefixes.len() > SHOWN {
-        out.push_str(&format!(" and {} more", prefixes.len() - SHOWN));
-    }
-    out
+        Ok(expired.len() as u64)
+    })
 }

@@ -13,7 +13,9 @@
 
 pub mod expire_keys;
 pub mod history;
+pub mod purge_audit;
 pub mod registry;
+pub mod revoke_grace;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
@@ -220,6 +222,37 @@ pub fn execute(
         Ok(Some(Err(e))) => fail(e.to_string()),
         Err(e) => fail(e.to_string()),
     }
+}
+
+/// Runs `batch` until it returns fewer rows than the batch size, keeping
+/// the lock alive between batches and stopping early for a shutdown.
+pub(crate) fn batched(
+    ctx: &mut JobContext<'_>,
+    mut batch: impl FnMut(&mut JobContext<'_>) -> Result<u64, JobError>,
+) -> Result<JobReport, JobError> {
+    let size = u64::from(ctx.settings.batch_size);
+    let mut report = JobReport::default();
+    loop {
+        let n = batch(ctx)?;
+        report.rows_affected += n;
+        if n < size {
+            return Ok(report);
+        }
+        if !ctx.checkpoint()? {
+            report.stopped_early = true;
+            return Ok(report);
+        }
+    }
+}
+
+/// The first few items, for a log line (prefixes are public).
+pub(crate) fn preview(items: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut out = items.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
+    if items.len() > SHOWN {
+        out.push_str(&format!(" and {} more", items.len() - SHOWN));
+    }
+    out
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {

@@ -26,14 +26,32 @@ impl JobSpec {
     }
 }
 
-static JOBS: &[JobSpec] = &[JobSpec {
-    name: "expire-keys",
-    description: "active API keys whose expiry has passed become expired",
-    default_schedule: "*/5 * * * *",
-    batched: true,
-    default_batch_size: 1000,
-    run: super::expire_keys::run,
-}];
+static JOBS: &[JobSpec] = &[
+    JobSpec {
+        name: "expire-keys",
+        description: "active API keys whose expiry has passed become expired",
+        default_schedule: "*/5 * * * *",
+        batched: true,
+        default_batch_size: 1000,
+        run: super::expire_keys::run,
+    },
+    JobSpec {
+        name: "revoke-grace",
+        description: "rotated keys whose grace period has ended become revoked",
+        default_schedule: "*/5 * * * *",
+        batched: true,
+        default_batch_size: 1000,
+        run: super::revoke_grace::run,
+    },
+    JobSpec {
+        name: "purge-audit",
+        description: "audit events and job runs older than keys.audit_retention are deleted",
+        default_schedule: "17 3 * * *",
+        batched: true,
+        default_batch_size: 5000,
+        run: super::purge_audit::run,
+    },
+];
 
 pub fn all() -> &'static [JobSpec] {
     JOBS

@@ -36,3 +36,39 @@ pub fn expire_batch(conn: &mut DbConnection, now: NaiveDateTime, batch: u32, act
         Ok(expired.into_iter().map(|(_, p)| p).collect())
     })
 }
+
+/// Ends one batch of grace periods: `rotating` keys whose grace has passed
+/// become `revoked` (reason "grace period ended"), each with a `grace_ended`
+/// event. Returns the prefixes revoked.
+pub fn end_grace_batch(
+    conn: &mut DbConnection,
+    now: NaiveDateTime,
+    batch: u32,
+    actor: &str,
+) -> QueryResult<Vec<String>> {
+    conn.transaction(|conn| {
+        let due_keys = diesel::alias!(api_keys as due_keys);
+        let due = due_keys
+            .select(due_keys.field(api_keys::id))
+            .filter(due_keys.field(api_keys::status).eq(status::ROTATING))
+            .filter(due_keys.field(api_keys::grace_period_ends_at).le(now))
+            .order(due_keys.field(api_keys::grace_period_ends_at).asc())
+            .limit(i64::from(batch));
+        let ended: Vec<(i64, String)> = diesel::update(api_keys::table)
+            .filter(api_keys::id.eq_any(due))
+            .filter(api_keys::status.eq(status::ROTATING))
+            .set((
+                api_keys::status.eq(status::REVOKED),
+                api_keys::revoked_at.eq(Some(now)),
+                api_keys::revoked_reason.eq(Some(GRACE_ENDED_REASON)),
+                api_keys::updated_at.eq(now),
+            ))
+            .returning((api_keys::id, api_keys::prefix))
+            .get_results(conn)?;
+        let ids: Vec<i64> = ended.iter().map(|(id, _)| *id).collect();
+        record_events_for(conn, &ids, event::GRACE_ENDED, Some(GRACE_ENDED_REASON), actor, now)?;
+        Ok(ended.into_iter().map(|(_, p)| p).collect())
+    })
+}
+
+pub const GRACE_ENDED_REASON: &str = "grace period ended";

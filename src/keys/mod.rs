@@ -5,7 +5,20 @@
 //! ends) → `revoked`; `active` → `expired` when `expires_at` passes;
 //! `revoked` is final.
 
+pub mod error;
 pub mod expire;
+pub mod format;
+pub mod hash;
+pub mod model;
+pub mod policy;
+pub mod retention;
+pub mod service;
+pub mod users;
+pub mod verify;
+
+pub use error::KeyError;
+pub use service::{CreateKey, IssuedKey, KeyService, ListFilter, Rotation, SortColumn};
+pub use verify::{Refusal, VerifiedKey, VerifyOutcome, VerifyRequest};
 
 /// Key statuses as stored (a CHECK constraint holds the column to these).
 pub mod status {
@@ -68,4 +81,19 @@ pub fn record_events_for(
             .execute(conn)?;
     }
     Ok(n)
+}
+
+/// One audit row with every column given (a single-row insert).
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = api_key_events, treat_none_as_default_value = false)]
+pub struct NewKeyEvent<'a> {
+    pub key_id: Option<i64>,
+    pub prefix: &'a str,
+    pub event: &'a str,
+    pub reason: Option<&'a str>,
+    pub actor: &'a str,
+    pub ip: Option<&'a str>,
+    pub user_agent: Option<&'a str>,
+    pub endpoint: Option<&'a str>,
+    pub created_at: NaiveDateTime,
 }

@@ -1,0 +1,407 @@
+//! `keywarden keys …`: create, list, show, rotate, revoke, usage, verify.
+//! A key is printed once, on stdout, at creation or rotation; keys are read
+//! from stdin, never from arguments.
+
+use std::io::{IsTerminal, Read, Write};
+use std::net::IpAddr;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Subcommand;
+
+use super::actor::actor;
+use super::{connect_current, load_config, open_database, EXIT_FAILURE, EXIT_USAGE};
+use crate::config::duration::parse_duration;
+use crate::keys::format::MAX_KEY_LEN;
+use crate::keys::model::ApiKey;
+use crate::keys::service::{list, usage, CreateKey, KeyService, ListFilter, SortColumn};
+use crate::keys::{VerifyOutcome, VerifyRequest};
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Issue a key; it is printed once and never shown again
+    Create {
+        /// The owner's email (see `users add`)
+        #[arg(long)]
+        owner: String,
+        #[arg(long)]
+        name: String,
+        /// Scopes, comma-separated or repeated (read:users,write:products)
+        #[arg(long = "scopes", value_name = "SCOPES")]
+        scopes: Vec<String>,
+        /// Lifetime such as 30d (default and maximum: keys.default_lifetime, keys.max_lifetime)
+        #[arg(long, value_name = "DURATION")]
+        expires_in: Option<String>,
+        /// Allowed client addresses or CIDR ranges, comma-separated or repeated
+        #[arg(long = "allow-ip", value_name = "ADDR")]
+        allow_ip: Vec<String>,
+    },
+    /// List keys
+    List {
+        #[arg(long, value_name = "EMAIL")]
+        owner: Option<String>,
+        #[arg(long, value_parser = ["active", "rotating", "revoked", "expired"])]
+        status: Option<String>,
+        /// created_at, expires_at, last_used_at, name, prefix, status, usage_count or owner
+        #[arg(long, value_name = "COLUMN")]
+        sort: Option<String>,
+        #[arg(long)]
+        desc: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one key
+    Show {
+        prefix: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace a key with a new one; the old one works until its grace ends
+    Rotate {
+        prefix: String,
+        /// How long the old key keeps working (default keys.grace_default)
+        #[arg(long, value_name = "DURATION")]
+        grace: Option<String>,
+    },
+    /// Revoke a key at once
+    Revoke {
+        prefix: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Uses, last use, success rate and recent events of a key
+    Usage {
+        prefix: String,
+        /// How many recent events to show
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(i64).range(1..=1000))]
+        recent: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify a key read from stdin (never from an argument)
+    Verify {
+        /// The client address to check against the key's allow-list
+        #[arg(long)]
+        ip: Option<IpAddr>,
+        /// A scope the key must have (repeatable)
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn duration_arg(flag: &str, value: Option<&str>) -> Result<Option<Duration>, ExitCode> {
+    match value {
+        None => Ok(None),
+        Some(v) => parse_duration(v).map(Some).map_err(|e| {
+            eprintln!("error: --{flag}: {e}");
+            ExitCode::from(EXIT_USAGE)
+        }),
+    }
+}
+
+fn fail(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::from(EXIT_FAILURE)
+}
+
+fn ts(t: chrono::NaiveDateTime) -> String {
+    t.format("%Y-%m-%d %H:%M:%SZ").to_string()
+}
+
+pub fn run(path: &Path, cmd: KeysCommand) -> ExitCode {
+    let config = match load_config(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    // Parse arguments before touching the database.
+    let (expires_in, grace) = match &cmd {
+        KeysCommand::Create { expires_in, .. } => match duration_arg("expires-in", expires_in.as_deref()) {
+            Ok(d) => (d, None),
+            Err(code) => return code,
+        },
+        KeysCommand::Rotate { grace, .. } => match duration_arg("grace", grace.as_deref()) {
+            Ok(d) => (None, d),
+            Err(code) => return code,
+        },
+        _ => (None, None),
+    };
+    let sort = match &cmd {
+        KeysCommand::List { sort: Some(s), .. } => match s.parse::<SortColumn>() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("error: --sort: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        },
+        _ => None,
+    };
+    let presented = match &cmd {
+        KeysCommand::Verify { .. } => match read_key_from_stdin() {
+            Ok(k) => Some(k),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(EXIT_FAILURE);
+            }
+        },
+        _ => None,
+    };
+    let mut conn = match open_database(&config).and_then(|db| connect_current(&db)) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let service = match KeyService::new(&config.keys) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    match cmd {
+        KeysCommand::Create {
+            owner,
+            name,
+            scopes,
+            allow_ip,
+            ..
+        } => {
+            let req = CreateKey {
+                owner_email: owner,
+                name,
+                scopes,
+                allowed_ips: allow_ip,
+                lifetime: expires_in,
+            };
+            match service.create(&mut conn, &req, &actor("keys create")) {
+                Ok(issued) => {
+                    print_new_key(&issued.key, issued.full_key.expose());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+        KeysCommand::List {
+            owner,
+            status,
+            desc,
+            json,
+            ..
+        } => {
+            let filter = ListFilter {
+                owner_email: owner,
+                status,
+                sort,
+                descending: desc,
+            };
+            match list(&mut conn, &filter) {
+                Ok(keys) if json => {
+                    println!("{}", serde_json::to_string_pretty(&keys).unwrap_or_default());
+                    ExitCode::SUCCESS
+                }
+                Ok(keys) => {
+                    println!(
+                        "{:<30}  {:<9}  {:<24}  {:<28}  {:<20}  {:>6}  LAST USED",
+                        "PREFIX", "STATUS", "NAME", "OWNER", "EXPIRES", "USES"
+                    );
+                    for k in keys {
+                        println!(
+                            "{:<30}  {:<9}  {:<24}  {:<28}  {:<20}  {:>6}  {}",
+                            k.key.prefix,
+                            k.key.status,
+                            k.key.name.chars().take(24).collect::<String>(),
+                            k.owner_email.chars().take(28).collect::<String>(),
+                            ts(k.key.expires_at),
+                            k.key.usage_count,
+                            k.key.last_used_at.map(ts).unwrap_or_else(|| "-".into())
+                        );
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+        KeysCommand::Show { prefix, json } => match KeyService::find(&mut conn, &prefix) {
+            Ok(k) if json => {
+                println!("{}", serde_json::to_string_pretty(&k).unwrap_or_default());
+                ExitCode::SUCCESS
+            }
+            Ok(k) => {
+                show(&k);
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
+        KeysCommand::Rotate { prefix, .. } => match service.rotate(&mut conn, &prefix, grace, &actor("keys rotate")) {
+            Ok(r) => {
+                print_new_key(&r.new.key, r.new.full_key.expose());
+                eprintln!(
+                    "The old key {} keeps working until {} (grace period), then it is revoked.",
+                    r.old.prefix,
+                    r.old.grace_period_ends_at.map(ts).unwrap_or_default()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
+        KeysCommand::Revoke { prefix, reason } => {
+            match service.revoke(&mut conn, &prefix, &reason, &actor("keys revoke")) {
+                Ok(k) => {
+                    println!("revoked {} ({})", k.prefix, k.revoked_reason.unwrap_or_default());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+        KeysCommand::Usage { prefix, recent, json } => match usage(&mut conn, &prefix, recent) {
+            Ok(u) if json => {
+                println!("{}", serde_json::to_string_pretty(&u).unwrap_or_default());
+                ExitCode::SUCCESS
+            }
+            Ok(u) => {
+                println!("Key:          {} ({})", u.prefix, u.status);
+                println!("Total uses:   {}", u.total_uses);
+                println!(
+                    "Last used:    {}",
+                    u.last_used_at.map(ts).unwrap_or_else(|| "never".into())
+                );
+                match u.success_rate {
+                    Some(rate) => println!(
+                        "Success rate: {rate:.1}% ({} ok, {} failed verifications)",
+                        u.successful_verifications, u.failed_verifications
+                    ),
+                    None => println!("Success rate: no verifications recorded"),
+                }
+                println!("Recent events:");
+                for e in u.recent_events {
+                    println!(
+                        "  {}  {:<13}  {}{}{}",
+                        ts(e.created_at),
+                        e.event,
+                        e.actor,
+                        e.reason.map(|r| format!("  reason: {r}")).unwrap_or_default(),
+                        e.ip.map(|ip| format!("  ip: {ip}")).unwrap_or_default()
+                    );
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
+        KeysCommand::Verify { ip, scopes, json } => {
+            let presented = presented.unwrap_or_else(|| crate::config::Secret::new(String::new()));
+            let scope_refs: Vec<&str> = scopes.iter().map(String::as_str).collect();
+            let actor = actor("keys verify");
+            let req = VerifyRequest {
+                ip,
+                required_scopes: &scope_refs,
+                user_agent: None,
+                endpoint: None,
+                actor: &actor,
+            };
+            let outcome = service.verify(&mut conn, presented.expose(), &req);
+            match outcome {
+                Ok(outcome) => {
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&outcome).unwrap_or_default());
+                    }
+                    match outcome {
+                        VerifyOutcome::Valid(v) => {
+                            if !json {
+                                let grace = v
+                                    .grace_ends_at
+                                    .map(|g| format!("; rotating: works until {}", ts(g)))
+                                    .unwrap_or_default();
+                                println!(
+                                    "valid: {} (owner id {}, scopes [{}]){grace}",
+                                    v.prefix,
+                                    v.owner_id,
+                                    v.scopes.join(", ")
+                                );
+                            }
+                            ExitCode::SUCCESS
+                        }
+                        VerifyOutcome::Refused(r) => {
+                            if !json {
+                                println!("refused: {}", r.as_reason());
+                            }
+                            ExitCode::from(EXIT_FAILURE)
+                        }
+                    }
+                }
+                Err(e) => fail(e),
+            }
+        }
+    }
+}
+
+fn print_new_key(key: &ApiKey, full: &str) {
+    println!("{full}");
+    let _ = std::io::stdout().flush();
+    eprintln!(
+        "Created key {} \"{}\" (version {}), expires {}.\nThis is the only time the key is shown: store it now. keywarden keeps only its hash.",
+        key.prefix,
+        key.name,
+        key.version,
+        ts(key.expires_at)
+    );
+}
+
+fn show(k: &ApiKey) {
+    println!("Prefix:      {}", k.prefix);
+    println!("Name:        {}", k.name);
+    println!("Status:      {}", k.status);
+    println!("Version:     {}", k.version);
+    println!("Owner id:    {}", k.owner_id);
+    println!("Scopes:      {}", k.scope_list().join(", "));
+    let ips = k.allowed_ip_list();
+    println!(
+        "Allowed IPs: {}",
+        if ips.is_empty() { "any".into() } else { ips.join(", ") }
+    );
+    println!("Created:     {}", ts(k.created_at));
+    println!("Expires:     {}", ts(k.expires_at));
+    if let Some(t) = k.rotated_at {
+        println!("Rotated:     {}", ts(t));
+    }
+    if let Some(t) = k.grace_period_ends_at {
+        println!("Grace ends:  {}", ts(t));
+    }
+    if let Some(t) = k.revoked_at {
+        println!(
+            "Revoked:     {} ({})",
+            ts(t),
+            k.revoked_reason.clone().unwrap_or_default()
+        );
+    }
+    println!("Uses:        {}", k.usage_count);
+    println!(
+        "Last used:   {}",
+        k.last_used_at.map(ts).unwrap_or_else(|| "never".into())
+    );
+}
+
+/// Reads one key from stdin: at most one line, bounded, UTF-8.
+fn read_key_from_stdin() -> Result<crate::config::Secret, String> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprint!("key: ");
+        let _ = std::io::stderr().flush();
+    }
+    let mut buf = Vec::with_capacity(MAX_KEY_LEN + 4);
+    stdin
+        .lock()
+        .take((MAX_KEY_LEN + 3) as u64)
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("cannot read the key from stdin: {e}"))?;
+    if buf.len() > MAX_KEY_LEN + 2 {
+        zeroize::Zeroize::zeroize(&mut buf);
+        return Err(format!("the key on stdin is longer than {MAX_KEY_LEN} bytes"));
+    }
+    let text = String::from_utf8(buf).map_err(|e| {
+        let mut bytes = e.into_bytes();
+        zeroize::Zeroize::zeroize(&mut bytes);
+        "the key on stdin is not valid UTF-8".to_string()
+    })?;
+    let key = crate::config::Secret::new(text.lines().next().unwrap_or("").to_string());
+    let mut text = text;
+    zeroize::Zeroize::zeroize(&mut text);
+    Ok(key)
+}

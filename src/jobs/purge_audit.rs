@@ -1,0 +1,19 @@
+//! `purge-audit`: audit events and job runs older than the retention are
+//! deleted in batches (the retention is never below 90 days).
+
+use super::{JobContext, JobError, JobReport};
+use crate::keys::retention::{purge_events_batch, purge_runs_batch};
+
+pub fn run(ctx: &mut JobContext<'_>) -> Result<JobReport, JobError> {
+    let batch = ctx.settings.batch_size;
+    let cutoff = ctx.started_at - ctx.config.keys.audit_retention.as_time_delta();
+    let events = super::batched(ctx, |ctx| Ok(purge_events_batch(ctx.conn, cutoff, batch)? as u64))?;
+    if events.stopped_early {
+        return Ok(events);
+    }
+    let runs = super::batched(ctx, |ctx| Ok(purge_runs_batch(ctx.conn, cutoff, batch)? as u64))?;
+    Ok(JobReport {
+        rows_affected: events.rows_affected + runs.rows_affected,
+        stopped_early: runs.stopped_early,
+    })
+}

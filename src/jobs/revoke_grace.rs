@@ -1,0 +1,24 @@
+//! `revoke-grace`: rotated keys whose grace period has ended become
+//! `revoked`, in batches, each with its audit events.
+
+use tracing::info;
+
+use super::{JobContext, JobError, JobReport};
+use crate::keys::expire::end_grace_batch;
+
+pub fn run(ctx: &mut JobContext<'_>) -> Result<JobReport, JobError> {
+    let batch = ctx.settings.batch_size;
+    let actor = ctx.actor();
+    super::batched(ctx, |ctx| {
+        let ended = end_grace_batch(ctx.conn, ctx.started_at, batch, &actor)?;
+        if !ended.is_empty() {
+            info!(
+                rows_affected = ended.len() as u64,
+                "grace ended for {} key(s): {}",
+                ended.len(),
+                super::preview(&ended)
+            );
+        }
+        Ok(ended.len() as u64)
+    })
+}

@@ -1,0 +1,283 @@
+//! Verifying a presented key, for services that share the database.
+//!
+//! The order of work is what keeps it honest:
+//! 1. the key is parsed; malformed input is refused before any other work;
+//! 2. the row is looked up by prefix, and the Argon2 verify always runs: on
+//!    the stored hash, or on a decoy when the prefix is unknown, so an
+//!    unknown prefix costs the same time as a wrong secret;
+//! 3. only then are status, expiry, grace, allow-list and scopes checked;
+//! 4. a success increments `usage_count` with `SET usage_count =
+//!    usage_count + 1` (never read-modify-write) and writes a `used` event;
+//!    a refusal writes a `verify_failed` event with its reason.
+
+use std::net::IpAddr;
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+use serde::Serialize;
+
+use super::error::KeyError;
+use super::format::{self, KeyFormatError};
+use super::model::ApiKey;
+use super::service::KeyService;
+use super::{event, policy, record_events_for, status, NewKeyEvent};
+use crate::db::schema::api_keys;
+use crate::db::DbConnection;
+
+/// Who is presenting the key, for the allow-list and the audit trail.
+#[derive(Debug, Clone, Default)]
+pub struct VerifyRequest<'a> {
+    pub ip: Option<IpAddr>,
+    pub required_scopes: &'a [&'a str],
+    pub user_agent: Option<&'a str>,
+    pub endpoint: Option<&'a str>,
+    /// Recorded as the actor of audit rows (the service's name).
+    pub actor: &'a str,
+}
+
+/// A key that verified.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifiedKey {
+    pub key_id: i64,
+    pub prefix: String,
+    pub owner_id: i64,
+    pub name: String,
+    pub scopes: Vec<String>,
+    /// Set while the key is `rotating`: it works until then, and the caller
+    /// should tell its user to switch to the successor.
+    pub grace_ends_at: Option<NaiveDateTime>,
+    pub expires_at: NaiveDateTime,
+}
+
+/// Why a key was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "reason", content = "detail", rename_all = "snake_case")]
+pub enum Refusal {
+    Malformed(String),
+    UnknownKey,
+    WrongSecret,
+    Revoked,
+    Expired,
+    GraceEnded,
+    IpNotAllowed,
+    MissingScope(String),
+}
+
+impl Refusal {
+    pub fn as_reason(&self) -> String {
+        match self {
+            Refusal::Malformed(e) => format!("malformed: {e}"),
+            Refusal::UnknownKey => "unknown prefix".into(),
+            Refusal::WrongSecret => "wrong secret".into(),
+            Refusal::Revoked => "key revoked".into(),
+            Refusal::Expired => "key expired".into(),
+            Refusal::GraceEnded => "grace period ended".into(),
+            Refusal::IpNotAllowed => "address not in the allow-list".into(),
+            Refusal::MissingScope(s) => format!("missing scope {s}"),
+        }
+    }
+}
+
+/// The typed result of a verification.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum VerifyOutcome {
+    Valid(VerifiedKey),
+    Refused(Refusal),
+}
+
+impl From<KeyFormatError> for Refusal {
+    fn from(e: KeyFormatError) -> Self {
+        Refusal::Malformed(e.to_string())
+    }
+}
+
+impl KeyService {
+    pub fn verify(
+        &self,
+        conn: &mut DbConnection,
+        presented: &str,
+        req: &VerifyRequest<'_>,
+    ) -> Result<VerifyOutcome, KeyError> {
+        let parsed = match format::parse(presented) {
+            Ok(p) => p,
+            Err(e) => return Ok(VerifyOutcome::Refused(e.into())),
+        };
+        let row: Option<ApiKey> = api_keys::table
+            .filter(api_keys::prefix.eq(parsed.prefix))
+            .select(ApiKey::as_select())
+            .first(conn)
+            .optional()?;
+        let now = crate::db::now();
+        let ip = req.ip.map(|i| i.to_string());
+        let Some(key) = row else {
+            self.hasher.verify_decoy(parsed.secret());
+            self.record_failure(conn, None, parsed.prefix, &Refusal::UnknownKey, ip.as_deref(), req, now)?;
+            return Ok(VerifyOutcome::Refused(Refusal::UnknownKey));
+        };
+        let secret_ok = self.hasher.verify(parsed.secret(), &key.key_hash);
+        let refusal = if !secret_ok {
+            Some(Refusal::WrongSecret)
+        } else {
+            self.status_refusal(conn, &key, now, req.actor)?
+        }
+        .or_else(|| (!policy::ip_allowed(&key.allowed_ip_list(), req.ip)).then_some(Refusal::IpNotAllowed))
+        .or_else(|| {
+            let scopes = key.scope_list();
+            req.required_scopes
+                .iter()
+                .find(|s| !scopes.iter().any(|have| have == *s))
+                .map(|s| Refusal::MissingScope(s.to_string()))
+        });
+        if let Some(refusal) = refusal {
+            self.record_failure(conn, Some(key.id), &key.prefix, &refusal, ip.as_deref(), req, now)?;
+            return Ok(VerifyOutcome::Refused(refusal));
+        }
+        conn.transaction::<_, KeyError, _>(|conn| {
+            diesel::update(api_keys::table.find(key.id))
+                .set((
+                    api_keys::usage_count.eq(api_keys::usage_count + 1),
+                    api_keys::last_used_at.eq(Some(now)),
+                ))
+                .execute(conn)?;
+            insert_event(
+                conn,
+                Some(key.id),
+                &key.prefix,
+                event::USED,
+                None,
+                ip.as_deref(),
+                req,
+                now,
+            )
+        })?;
+        Ok(VerifyOutcome::Valid(VerifiedKey {
+            key_id: key.id,
+            prefix: key.prefix.clone(),
+            owner_id: key.owner_id,
+            name: key.name.clone(),
+            scopes: key.scope_list(),
+            grace_ends_at: (key.status == status::ROTATING)
+                .then_some(key.grace_period_ends_at)
+                .flatten(),
+            expires_at: key.expires_at,
+        }))
+    }
+
+    /// Refuses keys that are revoked, expired or past their grace, and
+    /// records the transition when the key is found past its time (the jobs
+    /// would make the same change at their next run).
+    fn status_refusal(
+        &self,
+        conn: &mut DbConnection,
+        key: &ApiKey,
+        now: NaiveDateTime,
+        actor: &str,
+    ) -> Result<Option<Refusal>, KeyError> {
+        Ok(match key.status.as_str() {
+            status::REVOKED => Some(Refusal::Revoked),
+            status::EXPIRED => Some(Refusal::Expired),
+            status::ACTIVE if key.expires_at <= now => {
+                conn.transaction::<_, KeyError, _>(|conn| {
+                    let n = diesel::update(api_keys::table.find(key.id))
+                        .filter(api_keys::status.eq(status::ACTIVE))
+                        .set((api_keys::status.eq(status::EXPIRED), api_keys::updated_at.eq(now)))
+                        .execute(conn)?;
+                    if n == 1 {
+                        record_events_for(
+                            conn,
+                            &[key.id],
+                            event::EXPIRED,
+                            Some("found expired at verification"),
+                            actor,
+                            now,
+                        )?;
+                    }
+                    Ok(())
+                })?;
+                Some(Refusal::Expired)
+            }
+            status::ROTATING if key.grace_period_ends_at.is_none_or(|g| g <= now) => {
+                conn.transaction::<_, KeyError, _>(|conn| {
+                    let n = diesel::update(api_keys::table.find(key.id))
+                        .filter(api_keys::status.eq(status::ROTATING))
+                        .set((
+                            api_keys::status.eq(status::REVOKED),
+                            api_keys::revoked_at.eq(Some(now)),
+                            api_keys::revoked_reason.eq(Some("grace period ended")),
+                            api_keys::updated_at.eq(now),
+                        ))
+                        .execute(conn)?;
+                    if n == 1 {
+                        record_events_for(
+                            conn,
+                            &[key.id],
+                            event::GRACE_ENDED,
+                            Some("found past its grace at verification"),
+                            actor,
+                            now,
+                        )?;
+                    }
+                    Ok(())
+                })?;
+                Some(Refusal::GraceEnded)
+            }
+            _ => None,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record_failure(
+        &self,
+        conn: &mut DbConnection,
+        key_id: Option<i64>,
+        prefix: &str,
+        refusal: &Refusal,
+        ip: Option<&str>,
+        req: &VerifyRequest<'_>,
+        now: NaiveDateTime,
+    ) -> Result<(), KeyError> {
+        insert_event(
+            conn,
+            key_id,
+            prefix,
+            event::VERIFY_FAILED,
+            Some(&refusal.as_reason()),
+            ip,
+            req,
+            now,
+        )
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn insert_event(
+    conn: &mut DbConnection,
+    key_id: Option<i64>,
+    prefix: &str,
+    kind: &str,
+    reason: Option<&str>,
+    ip: Option<&str>,
+    req: &VerifyRequest<'_>,
+    now: NaiveDateTime,
+) -> Result<(), KeyError> {
+    // Bound what callers pass through to the audit trail.
+    let clip = |s: Option<&str>| s.map(|v| v.chars().filter(|c| !c.is_control()).take(500).collect::<String>());
+    let user_agent = clip(req.user_agent);
+    let endpoint = clip(req.endpoint);
+    let row = NewKeyEvent {
+        key_id,
+        prefix,
+        event: kind,
+        reason,
+        actor: req.actor,
+        ip,
+        user_agent: user_agent.as_deref(),
+        endpoint: endpoint.as_deref(),
+        created_at: now,
+    };
+    diesel::insert_into(crate::db::schema::api_key_events::table)
+        .values(&row)
+        .execute(conn)?;
+    Ok(())
+}
