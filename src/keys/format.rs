@@ -174,4 +174,53 @@ mod tests {
             assert_eq!(parse(input).unwrap_err(), *want, "{input:?}");
         }
     }
+
+    /// A fuzz pass over the parser: random and mutated inputs must never
+    /// panic, and anything accepted must satisfy the format's invariants.
+    #[test]
+    fn parser_survives_random_and_mutated_input() {
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let alphabet: Vec<char> = "sk_live_v2.abcXYZ019-_=+/ \n\t\u{0}é😀.".chars().collect();
+        let valid = generate("sk", "live").unwrap();
+        for i in 0..200_000 {
+            let input: String = if i % 2 == 0 {
+                let len = (next() % 300) as usize;
+                (0..len)
+                    .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                    .collect()
+            } else {
+                let mut chars: Vec<char> = valid.full.expose().chars().collect();
+                for _ in 0..(next() % 4 + 1) {
+                    let pos = (next() % (chars.len() as u64 + 1)) as usize;
+                    match next() % 3 {
+                        0 if pos < chars.len() => {
+                            chars.remove(pos);
+                        }
+                        1 => chars.insert(pos, alphabet[(next() % alphabet.len() as u64) as usize]),
+                        _ if pos < chars.len() => chars[pos] = alphabet[(next() % alphabet.len() as u64) as usize],
+                        _ => {}
+                    }
+                }
+                chars.into_iter().collect()
+            };
+            if let Ok(parsed) = parse(&input) {
+                assert!(check_prefix(parsed.prefix).is_ok());
+                assert!(parsed
+                    .secret()
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+                let rebuilt = format!("{}.{}", parsed.prefix, parsed.secret());
+                assert_eq!(
+                    rebuilt,
+                    input.trim_matches(|c| c == '\n' || c == '\r' || c == ' ' || c == '\t')
+                );
+            }
+        }
+    }
 }
