@@ -7,6 +7,7 @@
 
 pub mod lock;
 pub mod migrate;
+pub mod postgres;
 pub mod schema;
 
 use std::fs::OpenOptions;
@@ -158,4 +159,12 @@ fn create_private_file(path: &Path) -> std::io::Result<()> {
 pub fn now() -> chrono::NaiveDateTime {
     use chrono::SubsecRound;
     chrono::Utc::now().naive_utc().trunc_subsecs(6)
+}
+
+/// The earliest timestamp the jobs compare against: 0001-01-01, which both
+/// backends store (chrono's own minimum is out of PostgreSQL's range).
+pub fn beginning_of_time() -> chrono::NaiveDateTime {
+    chrono::NaiveDate::from_ymd_opt(1, 1, 1)
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .unwrap_or_default()
 }

@@ -4,13 +4,13 @@
 use tracing::info;
 
 use super::{JobContext, JobError, JobReport};
-use crate::keys::expire::expire_batch;
+use crate::keys::expire::Expirer;
 
 pub fn run(ctx: &mut JobContext<'_>) -> Result<JobReport, JobError> {
-    let batch = ctx.settings.batch_size;
-    let actor = ctx.actor();
-    super::batched(ctx, |ctx| {
-        let expired = expire_batch(ctx.conn, ctx.started_at, batch, &actor)?;
+    let mut expirer = Expirer::new(ctx.started_at, ctx.settings.batch_size, &ctx.actor());
+    let mut report = JobReport::default();
+    while let Some(expired) = expirer.next_batch(ctx.conn)? {
+        report.rows_affected += expired.len() as u64;
         if !expired.is_empty() {
             info!(
                 rows_affected = expired.len() as u64,
@@ -19,6 +19,10 @@ pub fn run(ctx: &mut JobContext<'_>) -> Result<JobReport, JobError> {
                 super::preview(&expired)
             );
         }
-        Ok(expired.len() as u64)
-    })
+        if !ctx.checkpoint()? {
+            report.stopped_early = true;
+            break;
+        }
+    }
+    Ok(report)
 }

@@ -7,7 +7,10 @@ use crate::keys::retention::{purge_events_batch, purge_runs_batch};
 pub fn run(ctx: &mut JobContext<'_>) -> Result<JobReport, JobError> {
     let batch = ctx.settings.batch_size;
     let cutoff = ctx.started_at - ctx.config.keys.audit_retention.as_time_delta();
-    let events = super::batched(ctx, |ctx| Ok(purge_events_batch(ctx.conn, cutoff, batch)? as u64))?;
+    let mut cursor = None;
+    let events = super::batched(ctx, |ctx| {
+        Ok(purge_events_batch(ctx.conn, cutoff, batch, &mut cursor)? as u64)
+    })?;
     if events.stopped_early {
         return Ok(events);
     }

@@ -9,8 +9,9 @@ use crate::keys::expire::end_grace_batch;
 pub fn run(ctx: &mut JobContext<'_>) -> Result<JobReport, JobError> {
     let batch = ctx.settings.batch_size;
     let actor = ctx.actor();
+    let mut cursor = None;
     super::batched(ctx, |ctx| {
-        let ended = end_grace_batch(ctx.conn, ctx.started_at, batch, &actor)?;
+        let ended = end_grace_batch(ctx.conn, ctx.started_at, batch, &actor, &mut cursor)?;
         if !ended.is_empty() {
             info!(
                 rows_affected = ended.len() as u64,

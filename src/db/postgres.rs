@@ -1,0 +1,39 @@
+//! Statements only PostgreSQL runs. Each is constant SQL text with bound
+//! parameters; nothing in it comes from input.
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+use diesel::sql_types::{Array, BigInt, Text, Timestamp};
+use diesel::PgConnection;
+
+#[derive(QueryableByName)]
+struct Prefix {
+    #[diesel(sql_type = Text)]
+    prefix: String,
+}
+
+/// Expires the given keys that are still active and due, and writes their
+/// `expired` audit rows, in one statement: the `UPDATE … RETURNING` feeds the
+/// `INSERT` directly, so the rows are not read a second time. (The portable
+/// path in `keys::expire` does the same in two statements.)
+pub fn expire_keys_with_events(
+    conn: &mut PgConnection,
+    ids: &[i64],
+    now: NaiveDateTime,
+    actor: &str,
+) -> QueryResult<Vec<String>> {
+    let rows: Vec<Prefix> = diesel::sql_query(
+        "WITH expired AS ( \
+             UPDATE api_keys SET status = 'expired', updated_at = $1 \
+             WHERE id = ANY($2) AND status = 'active' AND expires_at <= $1 \
+             RETURNING id, prefix) \
+         INSERT INTO api_key_events (key_id, prefix, event, actor, created_at) \
+         SELECT id, prefix, 'expired', $3, $1 FROM expired \
+         RETURNING prefix",
+    )
+    .bind::<Timestamp, _>(now)
+    .bind::<Array<BigInt>, _>(ids)
+    .bind::<Text, _>(actor)
+    .load(conn)?;
+    Ok(rows.into_iter().map(|r| r.prefix).collect())
+}
