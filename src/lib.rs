@@ -37,4 +37,5 @@ pub mod daemon;
 pub mod db;
 pub mod jobs;
 pub mod keys;
+pub mod notify;
 pub mod telemetry;

@@ -31,7 +31,7 @@ fn ready_reload_valid_and_invalid_then_stop(backend: Backend) {
     let notify = NotifySocket::bind(db.path());
     let config = db.write_config(
         "keywarden.toml",
-        "[jobs.expire-keys]\nenabled = false\n[jobs.revoke-grace]\nenabled = false\n[jobs.purge-audit]\nenabled = false\n",
+        "[jobs.expire-keys]\nenabled = false\n[jobs.revoke-grace]\nenabled = false\n[jobs.purge-audit]\nenabled = false\n[jobs.notify-expiry]\nenabled = false\n",
     );
     let mut daemon = Daemon::start(&config, Some(&notify), &[("WATCHDOG_USEC", "400000")]);
 
@@ -72,7 +72,7 @@ fn ready_reload_valid_and_invalid_then_stop(backend: Backend) {
     notify.wait_for("RELOADING=1", 5 * SECOND);
     notify.wait_for("READY=1", 5 * SECOND);
     let error = daemon.wait_for_log("reload-error", 5 * SECOND);
-    assert!(error.contains(&format!("{}:10:12:", broken.display())), "{error}");
+    assert!(error.contains(&format!("{}:13:12:", broken.display())), "{error}");
     daemon.wait_for_log("reload refused", 5 * SECOND);
     assert!(daemon.is_running());
     add_key(

@@ -16,6 +16,7 @@ pub mod check_config;
 pub mod jobs;
 pub mod keys;
 pub mod migrate;
+pub mod notifications;
 pub mod run;
 pub mod status;
 pub mod users;
@@ -71,6 +72,9 @@ pub enum Command {
     /// Issue, list, rotate, revoke and verify API keys
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// The notification outbox
+    #[command(subcommand)]
+    Notifications(notifications::NotificationsCommand),
     /// Show jobs, their last outcome and next run
     Status {
         /// Print JSON instead of text
@@ -96,6 +100,7 @@ pub fn main() -> ExitCode {
         Command::Jobs(cmd) => jobs::run(&path, cmd),
         Command::Users(cmd) => users::run(&path, cmd),
         Command::Keys(cmd) => keys::run(&path, cmd),
+        Command::Notifications(cmd) => notifications::run(&path, cmd),
         Command::Status { json } => status::run(&path, json),
     }
 }

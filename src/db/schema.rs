@@ -77,4 +77,26 @@ diesel::table! {
 
 diesel::joinable!(api_keys -> users (owner_id));
 diesel::joinable!(api_key_events -> api_keys (key_id));
-diesel::allow_tables_to_appear_in_same_query!(job_runs, job_leases, users, api_keys, api_key_events);
+diesel::allow_tables_to_appear_in_same_query!(job_runs, job_leases, users, api_keys, api_key_events, notifications);
+
+diesel::table! {
+    notifications (id) {
+        id -> BigInt,
+        subject_kind -> Text,
+        subject_id -> Text,
+        generation -> Text,
+        notice_window -> Text,
+        recipient -> Text,
+        recipient_name -> Nullable<Text>,
+        payload -> Text,
+        status -> Text,
+        attempts -> Integer,
+        next_attempt_at -> Timestamp,
+        claimed_at -> Nullable<Timestamp>,
+        last_error -> Nullable<Text>,
+        message_id -> Nullable<Text>,
+        created_at -> Timestamp,
+        sent_at -> Nullable<Timestamp>,
+        updated_at -> Timestamp,
+    }
+}

@@ -13,6 +13,7 @@
 
 pub mod expire_keys;
 pub mod history;
+pub mod notify_expiry;
 pub mod purge_audit;
 pub mod registry;
 pub mod revoke_grace;

@@ -44,6 +44,14 @@ static JOBS: &[JobSpec] = &[
         run: super::revoke_grace::run,
     },
     JobSpec {
+        name: "notify-expiry",
+        description: "owners of keys entering a warning window get one email per window; the outbox is delivered",
+        default_schedule: "*/15 * * * *",
+        batched: false,
+        default_batch_size: 500,
+        run: super::notify_expiry::run,
+    },
+    JobSpec {
         name: "purge-audit",
         description: "audit events and job runs older than keys.audit_retention are deleted",
         default_schedule: "17 3 * * *",

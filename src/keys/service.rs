@@ -167,6 +167,7 @@ impl KeyService {
             if changed != 1 {
                 return Err(KeyError::Conflict(old.prefix));
             }
+            crate::notify::outbox::cancel_for_key(conn, old.id, now)?;
             let reason = format!("replaced by {}", successor.prefix);
             record_events_for(conn, &[old.id], event::ROTATED, Some(&reason), actor, now)?;
             record_events_for(conn, &[successor.id], event::CREATED, Some("rotation"), actor, now)?;
@@ -212,6 +213,7 @@ impl KeyService {
                 return Err(KeyError::Conflict(key.prefix));
             }
             record_events_for(conn, &[key.id], event::REVOKED, Some(reason), actor, now)?;
+            crate::notify::outbox::cancel_for_key(conn, key.id, now)?;
             find_in(conn, prefix)
         })
     }

@@ -113,6 +113,12 @@ impl TestDb {
     /// TOML appended, and returns its path.
     pub fn write_config(&self, name: &str, extra: &str) -> PathBuf {
         let path = self.dir.path().join(name);
+        // Mail from any test goes into the test's own directory.
+        let extra = if extra.contains("[notifications]") {
+            extra.to_string()
+        } else {
+            format!("[notifications]\nfile_dir = \"{}\"\n\n{extra}", self.dir.path().join("outbox").display())
+        };
         let text = format!(
             "[daemon]\nlog_target = \"stderr\"\nshutdown_timeout = \"30s\"\n\n[database]\nurl = \"{}\"\nbusy_timeout = \"60s\"\n\n{extra}",
             self.url

@@ -1,0 +1,194 @@
+//! Delivery: claim due rows, send one digest per recipient, mark the rows.
+
+use std::collections::HashMap;
+
+use chrono::{NaiveDateTime, TimeDelta};
+use diesel::prelude::*;
+use lettre::message::Mailbox;
+use serde::Serialize;
+use tracing::{error, info, warn};
+
+use super::detect::{generation_of, KeyNoticePayload};
+use super::kind;
+use super::outbox::{self, Notification};
+use super::render::{build_message, Templates};
+use super::transport::Mailer;
+use crate::config::NotificationsConfig;
+use crate::db::schema::api_keys;
+use crate::db::DbConnection;
+use crate::keys::status as key_status;
+
+/// A row left `sending` this long is assumed abandoned and claimed again.
+pub const STALE_CLAIM: TimeDelta = TimeDelta::minutes(15);
+
+/// Rows claimed per batch.
+pub const CLAIM_BATCH: i64 = 500;
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct DeliveryReport {
+    /// Emails accepted by the transport.
+    pub messages: u64,
+    /// Outbox rows those emails covered.
+    pub notices: u64,
+    /// Emails that failed and will be retried.
+    pub retrying: u64,
+    /// Emails that failed for the last time.
+    pub failed: u64,
+    /// Rows dropped because their key was rotated, revoked or re-dated.
+    pub cancelled: u64,
+}
+
+/// The delay before attempt `attempt + 1`: `retry_base * 2^(attempt-1)`,
+/// capped at `retry_max`, plus up to a quarter of jitter so that a fleet
+/// does not retry in step.
+pub fn retry_delay(cfg: &NotificationsConfig, attempt: u32) -> TimeDelta {
+    let base = cfg.retry_base.as_duration();
+    let exp = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+    let capped = exp.min(cfg.retry_max.as_duration());
+    let mut b = [0u8; 2];
+    let _ = getrandom::fill(&mut b);
+    let jitter = capped.mul_f64(f64::from(u16::from_le_bytes(b)) / f64::from(u16::MAX) * 0.25);
+    TimeDelta::from_std(capped + jitter).unwrap_or(TimeDelta::hours(6))
+}
+
+/// Claims and delivers one batch. `None` when nothing was due.
+pub fn deliver_batch(
+    conn: &mut DbConnection,
+    cfg: &NotificationsConfig,
+    mailer: &Mailer,
+    templates: &Templates,
+    now: NaiveDateTime,
+) -> QueryResult<Option<DeliveryReport>> {
+    let claimed = outbox::claim(conn, now, CLAIM_BATCH)?;
+    if claimed.is_empty() {
+        return Ok(None);
+    }
+    let mut report = DeliveryReport::default();
+    let from: Mailbox = match cfg.from.parse() {
+        Ok(m) => m,
+        Err(e) => {
+            // check-config refuses this; a row must still never be lost.
+            let ids: Vec<i64> = claimed.iter().map(|n| n.id).collect();
+            outbox::mark_attempt_failed(
+                conn,
+                &ids,
+                &format!("notifications.from: {e}"),
+                Some(now + retry_delay(cfg, 1)),
+                now,
+            )?;
+            return Ok(Some(report));
+        }
+    };
+    let claimed = drop_stale_key_notices(conn, claimed, now, &mut report)?;
+    let mut groups: Vec<(String, Vec<Notification>)> = Vec::new();
+    for n in claimed {
+        match groups.last_mut() {
+            Some((recipient, rows)) if *recipient == n.recipient => rows.push(n),
+            _ => groups.push((n.recipient.clone(), vec![n])),
+        }
+    }
+    for (recipient, rows) in groups {
+        let (keys, other): (Vec<&Notification>, Vec<&Notification>) =
+            rows.iter().partition(|r| r.subject_kind == kind::API_KEY);
+        if !other.is_empty() {
+            let other_ids: Vec<i64> = other.iter().map(|r| r.id).collect();
+            outbox::mark_cancelled(conn, &other_ids, "no template for this kind of notice yet", now)?;
+            report.cancelled += other_ids.len() as u64;
+        }
+        if keys.is_empty() {
+            continue;
+        }
+        let key_ids: Vec<i64> = keys.iter().map(|r| r.id).collect();
+        let mut payloads: Vec<KeyNoticePayload> = keys
+            .iter()
+            .filter_map(|r| serde_json::from_str(&r.payload).ok())
+            .collect();
+        payloads.sort_by_key(|p| p.expires_at);
+        let name = keys[0].recipient_name.clone();
+        let display = name
+            .clone()
+            .unwrap_or_else(|| recipient.split('@').next().unwrap_or("there").to_string());
+        let sent = templates
+            .render_key_digest(&display, &payloads, cfg.action_url.as_deref(), now)
+            .map_err(|e| e.to_string())
+            .and_then(|r| build_message(&from, &recipient, name.as_deref(), &r).map_err(|e| e.to_string()))
+            .and_then(|msg| {
+                let id = msg.headers().get_raw("Message-ID").unwrap_or_default().to_string();
+                mailer.send(&msg).map(|_| id)
+            });
+        match sent {
+            Ok(message_id) => {
+                outbox::mark_sent(conn, &key_ids, &message_id, now)?;
+                report.messages += 1;
+                report.notices += key_ids.len() as u64;
+                info!(recipient = %recipient, notices = key_ids.len() as u64, "sent expiry notice for {} key(s) to {recipient}", key_ids.len());
+            }
+            Err(e) => {
+                let attempts = keys.iter().map(|r| r.attempts).max().unwrap_or(0).max(0) as u32 + 1;
+                if attempts >= cfg.max_attempts {
+                    outbox::mark_attempt_failed(conn, &key_ids, &e, None, now)?;
+                    report.failed += 1;
+                    error!(recipient = %recipient, error = %e, "giving up on the notice to {recipient} after {attempts} attempt(s): {e}");
+                } else {
+                    let next = now + retry_delay(cfg, attempts);
+                    outbox::mark_attempt_failed(conn, &key_ids, &e, Some(next), now)?;
+                    report.retrying += 1;
+                    warn!(recipient = %recipient, error = %e, "notice to {recipient} failed (attempt {attempts}); retrying at {next}: {e}");
+                }
+            }
+        }
+    }
+    Ok(Some(report))
+}
+
+/// Cancels API-key notices whose key was rotated or revoked, or whose expiry
+/// changed, since they were enqueued; returns the rest.
+fn drop_stale_key_notices(
+    conn: &mut DbConnection,
+    rows: Vec<Notification>,
+    now: NaiveDateTime,
+    report: &mut DeliveryReport,
+) -> QueryResult<Vec<Notification>> {
+    let key_ids: Vec<i64> = rows
+        .iter()
+        .filter(|r| r.subject_kind == kind::API_KEY)
+        .filter_map(|r| r.subject_id.parse().ok())
+        .collect();
+    let current: HashMap<i64, (String, NaiveDateTime)> = api_keys::table
+        .filter(api_keys::id.eq_any(&key_ids))
+        .select((api_keys::id, api_keys::status, api_keys::expires_at))
+        .load::<(i64, String, NaiveDateTime)>(conn)?
+        .into_iter()
+        .map(|(id, st, exp)| (id, (st, exp)))
+        .collect();
+    let (keep, stale): (Vec<Notification>, Vec<Notification>) = rows.into_iter().partition(|r| {
+        if r.subject_kind != kind::API_KEY {
+            return true;
+        }
+        let Ok(id) = r.subject_id.parse::<i64>() else {
+            return false;
+        };
+        match current.get(&id) {
+            Some((st, exp)) => {
+                (st == key_status::ACTIVE || st == key_status::EXPIRED) && generation_of(*exp) == r.generation
+            }
+            None => false,
+        }
+    });
+    if !stale.is_empty() {
+        let ids: Vec<i64> = stale.iter().map(|r| r.id).collect();
+        outbox::mark_cancelled(
+            conn,
+            &ids,
+            "the key was rotated, revoked or re-dated before delivery",
+            now,
+        )?;
+        report.cancelled += ids.len() as u64;
+    }
+    Ok(keep)
+}
+
+/// Puts back abandoned claims.
+pub fn release_stale(conn: &mut DbConnection, now: NaiveDateTime) -> QueryResult<usize> {
+    outbox::release_stale_claims(conn, now - STALE_CLAIM, now)
+}

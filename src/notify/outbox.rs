@@ -1,0 +1,280 @@
+//! The `notifications` table: enqueue (ignoring what already exists),
+//! claim, mark, list and retry.
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+use serde::Serialize;
+
+use super::{kind, status};
+use crate::db::schema::notifications;
+use crate::db::DbConnection;
+
+/// A row to enqueue. `None` is stored as NULL, which lets SQLite take these
+/// in multi-row inserts.
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = notifications, treat_none_as_default_value = false)]
+pub struct NewNotification {
+    pub subject_kind: String,
+    pub subject_id: String,
+    pub generation: String,
+    pub notice_window: String,
+    pub recipient: String,
+    pub recipient_name: Option<String>,
+    pub payload: String,
+    pub status: String,
+    pub attempts: i32,
+    pub next_attempt_at: NaiveDateTime,
+    pub created_at: NaiveDateTime,
+    pub updated_at: NaiveDateTime,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[diesel(table_name = notifications)]
+pub struct Notification {
+    pub id: i64,
+    pub subject_kind: String,
+    pub subject_id: String,
+    pub generation: String,
+    pub notice_window: String,
+    pub recipient: String,
+    pub recipient_name: Option<String>,
+    pub payload: String,
+    pub status: String,
+    pub attempts: i32,
+    pub next_attempt_at: NaiveDateTime,
+    pub claimed_at: Option<NaiveDateTime>,
+    pub last_error: Option<String>,
+    pub message_id: Option<String>,
+    pub created_at: NaiveDateTime,
+    pub sent_at: Option<NaiveDateTime>,
+    pub updated_at: NaiveDateTime,
+}
+
+/// Inserts rows, leaving alone any that already exist for the same subject,
+/// generation and window. Returns how many were new.
+pub fn enqueue(conn: &mut DbConnection, rows: &[NewNotification]) -> QueryResult<usize> {
+    let mut n = 0;
+    // 12 columns a row; stay well under SQLite's bound-parameter limit.
+    for chunk in rows.chunks(1000) {
+        n += match conn {
+            DbConnection::Postgres(pg) => diesel::insert_into(notifications::table)
+                .values(chunk)
+                .on_conflict_do_nothing()
+                .execute(pg)?,
+            DbConnection::Sqlite(lite) => diesel::insert_into(notifications::table)
+                .values(chunk)
+                .on_conflict_do_nothing()
+                .execute(lite)?,
+        };
+    }
+    Ok(n)
+}
+
+/// Marks pending rows of a subject in windows wider than the one just
+/// enqueued as skipped: one warning per key at a time.
+pub fn skip_pending(
+    conn: &mut DbConnection,
+    subject_kind: &str,
+    subject_id: &str,
+    generation: &str,
+    windows: &[String],
+    now: NaiveDateTime,
+) -> QueryResult<usize> {
+    diesel::update(notifications::table)
+        .filter(notifications::subject_kind.eq(subject_kind))
+        .filter(notifications::subject_id.eq(subject_id))
+        .filter(notifications::generation.eq(generation))
+        .filter(notifications::notice_window.eq_any(windows))
+        .filter(notifications::status.eq(status::PENDING))
+        .set((
+            notifications::status.eq(status::SKIPPED),
+            notifications::updated_at.eq(now),
+        ))
+        .execute(conn)
+}
+
+/// Cancels a key's pending warnings (it was rotated or revoked).
+pub fn cancel_for_key(conn: &mut DbConnection, key_id: i64, now: NaiveDateTime) -> QueryResult<usize> {
+    diesel::update(notifications::table)
+        .filter(notifications::subject_kind.eq(kind::API_KEY))
+        .filter(notifications::subject_id.eq(key_id.to_string()))
+        .filter(notifications::status.eq(status::PENDING))
+        .set((
+            notifications::status.eq(status::CANCELLED),
+            notifications::updated_at.eq(now),
+        ))
+        .execute(conn)
+}
+
+/// Existing rows for these subjects (any status), as (subject id, generation, window).
+pub fn existing_for(
+    conn: &mut DbConnection,
+    subject_kind: &str,
+    subject_ids: &[String],
+) -> QueryResult<Vec<(String, String, String)>> {
+    let mut out = Vec::new();
+    for chunk in subject_ids.chunks(5000) {
+        out.extend(
+            notifications::table
+                .filter(notifications::subject_kind.eq(subject_kind))
+                .filter(notifications::subject_id.eq_any(chunk))
+                .select((
+                    notifications::subject_id,
+                    notifications::generation,
+                    notifications::notice_window,
+                ))
+                .load::<(String, String, String)>(conn)?,
+        );
+    }
+    Ok(out)
+}
+
+/// Puts back rows left `sending` by a process that stopped before marking
+/// them (they are sent again: delivery is at-least-once).
+pub fn release_stale_claims(
+    conn: &mut DbConnection,
+    older_than: NaiveDateTime,
+    now: NaiveDateTime,
+) -> QueryResult<usize> {
+    diesel::update(notifications::table)
+        .filter(notifications::status.eq(status::SENDING))
+        .filter(notifications::claimed_at.lt(older_than))
+        .set((
+            notifications::status.eq(status::PENDING),
+            notifications::updated_at.eq(now),
+        ))
+        .execute(conn)
+}
+
+/// Claims up to `limit` due rows: they become `sending`. On PostgreSQL the
+/// rows are picked with `FOR UPDATE SKIP LOCKED`, so concurrent claimers
+/// never take the same row.
+pub fn claim(conn: &mut DbConnection, now: NaiveDateTime, limit: i64) -> QueryResult<Vec<Notification>> {
+    conn.transaction(|conn| {
+        let ids: Vec<i64> = match conn {
+            DbConnection::Postgres(pg) => notifications::table
+                .filter(notifications::status.eq(status::PENDING))
+                .filter(notifications::next_attempt_at.le(now))
+                .order(notifications::id.asc())
+                .limit(limit)
+                .select(notifications::id)
+                .for_update()
+                .skip_locked()
+                .load(pg)?,
+            DbConnection::Sqlite(lite) => notifications::table
+                .filter(notifications::status.eq(status::PENDING))
+                .filter(notifications::next_attempt_at.le(now))
+                .order(notifications::id.asc())
+                .limit(limit)
+                .select(notifications::id)
+                .load(lite)?,
+        };
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        diesel::update(notifications::table)
+            .filter(notifications::id.eq_any(&ids))
+            .filter(notifications::status.eq(status::PENDING))
+            .set((
+                notifications::status.eq(status::SENDING),
+                notifications::claimed_at.eq(Some(now)),
+                notifications::updated_at.eq(now),
+            ))
+            .execute(conn)?;
+        notifications::table
+            .filter(notifications::id.eq_any(&ids))
+            .filter(notifications::status.eq(status::SENDING))
+            .order((notifications::recipient.asc(), notifications::id.asc()))
+            .select(Notification::as_select())
+            .load(conn)
+    })
+}
+
+pub fn mark_sent(conn: &mut DbConnection, ids: &[i64], message_id: &str, now: NaiveDateTime) -> QueryResult<usize> {
+    diesel::update(notifications::table)
+        .filter(notifications::id.eq_any(ids))
+        .set((
+            notifications::status.eq(status::SENT),
+            notifications::sent_at.eq(Some(now)),
+            notifications::message_id.eq(Some(message_id)),
+            notifications::attempts.eq(notifications::attempts + 1),
+            notifications::last_error.eq(None::<String>),
+            notifications::updated_at.eq(now),
+        ))
+        .execute(conn)
+}
+
+pub fn mark_cancelled(conn: &mut DbConnection, ids: &[i64], why: &str, now: NaiveDateTime) -> QueryResult<usize> {
+    diesel::update(notifications::table)
+        .filter(notifications::id.eq_any(ids))
+        .set((
+            notifications::status.eq(status::CANCELLED),
+            notifications::last_error.eq(Some(why)),
+            notifications::updated_at.eq(now),
+        ))
+        .execute(conn)
+}
+
+/// Records a failed attempt: back to pending with a later attempt time, or
+/// failed when the attempts are used up.
+pub fn mark_attempt_failed(
+    conn: &mut DbConnection,
+    ids: &[i64],
+    error: &str,
+    next_attempt_at: Option<NaiveDateTime>,
+    now: NaiveDateTime,
+) -> QueryResult<usize> {
+    let error: String = error.chars().take(2000).collect();
+    let (new_status, next) = match next_attempt_at {
+        Some(t) => (status::PENDING, t),
+        None => (status::FAILED, now),
+    };
+    diesel::update(notifications::table)
+        .filter(notifications::id.eq_any(ids))
+        .set((
+            notifications::status.eq(new_status),
+            notifications::attempts.eq(notifications::attempts + 1),
+            notifications::next_attempt_at.eq(next),
+            notifications::last_error.eq(Some(error)),
+            notifications::updated_at.eq(now),
+        ))
+        .execute(conn)
+}
+
+pub fn list(conn: &mut DbConnection, status_filter: Option<&str>, limit: i64) -> QueryResult<Vec<Notification>> {
+    let mut q = notifications::table.select(Notification::as_select()).into_boxed();
+    if let Some(s) = status_filter {
+        q = q.filter(notifications::status.eq(s.to_string()));
+    }
+    q.order(notifications::id.desc()).limit(limit).load(conn)
+}
+
+/// Puts a failed (or cancelled) row back in the queue, due now.
+pub fn retry(conn: &mut DbConnection, id: i64, now: NaiveDateTime) -> QueryResult<Option<Notification>> {
+    let n = diesel::update(notifications::table)
+        .filter(notifications::id.eq(id))
+        .filter(notifications::status.eq_any([status::FAILED, status::CANCELLED]))
+        .set((
+            notifications::status.eq(status::PENDING),
+            notifications::attempts.eq(0),
+            notifications::next_attempt_at.eq(now),
+            notifications::updated_at.eq(now),
+        ))
+        .execute(conn)?;
+    if n == 0 {
+        return Ok(None);
+    }
+    notifications::table
+        .find(id)
+        .select(Notification::as_select())
+        .first(conn)
+        .optional()
+}
+
+pub fn find(conn: &mut DbConnection, id: i64) -> QueryResult<Option<Notification>> {
+    notifications::table
+        .find(id)
+        .select(Notification::as_select())
+        .first(conn)
+        .optional()
+}

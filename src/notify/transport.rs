@@ -1,0 +1,90 @@
+//! Where messages go: a directory of `.eml` files, or an SMTP server over
+//! implicit TLS, STARTTLS (required, the default) or, for a loopback server
+//! only, plain text.
+
+use std::os::unix::fs::DirBuilderExt;
+
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+use lettre::transport::smtp::PoolConfig;
+use lettre::{FileTransport, Message, SmtpTransport, Transport};
+
+use crate::config::{MailTransport, NotificationsConfig, SmtpSecurity};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("cannot create the mail directory {path}: {source}")]
+    Dir { path: String, source: std::io::Error },
+    #[error("cannot read the SMTP CA file {path}: {source}")]
+    Ca { path: String, source: std::io::Error },
+    #[error("SMTP TLS setup: {0}")]
+    Tls(String),
+    #[error("SMTP password: {0}")]
+    Secret(#[from] crate::config::SecretError),
+    #[error("notifications.transport is smtp but [notifications.smtp] is missing")]
+    NoSmtp,
+}
+
+pub enum Mailer {
+    File(FileTransport),
+    Smtp(Box<SmtpTransport>),
+}
+
+impl Mailer {
+    /// Builds the configured transport; reads the SMTP password now, so a
+    /// rotated password file is picked up at the next run.
+    pub fn from_config(cfg: &NotificationsConfig) -> Result<Mailer, TransportError> {
+        match cfg.transport {
+            MailTransport::File => {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o750)
+                    .create(&cfg.file_dir)
+                    .map_err(|source| TransportError::Dir {
+                        path: cfg.file_dir.display().to_string(),
+                        source,
+                    })?;
+                Ok(Mailer::File(FileTransport::new(&cfg.file_dir)))
+            }
+            MailTransport::Smtp => {
+                let smtp = cfg.smtp.as_ref().ok_or(TransportError::NoSmtp)?;
+                let mut tls = TlsParameters::builder(smtp.host.clone());
+                if let Some(ca) = &smtp.ca_file {
+                    let pem = std::fs::read(ca).map_err(|source| TransportError::Ca {
+                        path: ca.display().to_string(),
+                        source,
+                    })?;
+                    let cert = Certificate::from_pem(&pem).map_err(|e| TransportError::Tls(e.to_string()))?;
+                    tls = tls.add_root_certificate(cert);
+                }
+                let tls = tls.build_rustls().map_err(|e| TransportError::Tls(e.to_string()))?;
+                let mut builder = SmtpTransport::builder_dangerous(smtp.host.clone())
+                    .port(smtp.port())
+                    .timeout(Some(smtp.timeout.as_duration()))
+                    .pool_config(PoolConfig::new().max_size(smtp.pool_size))
+                    .tls(match smtp.security {
+                        SmtpSecurity::Starttls => Tls::Required(tls),
+                        SmtpSecurity::Tls => Tls::Wrapper(tls),
+                        SmtpSecurity::None => Tls::None,
+                    });
+                if let Some(user) = &smtp.username {
+                    let password = match &smtp.password {
+                        Some(src) => src.load()?.expose().to_string(),
+                        None => String::new(),
+                    };
+                    builder = builder.credentials(Credentials::new(user.clone(), password));
+                }
+                Ok(Mailer::Smtp(Box::new(builder.build())))
+            }
+        }
+    }
+
+    /// Sends one message. Errors are the transport's own words, which never
+    /// include the password.
+    pub fn send(&self, message: &Message) -> Result<(), String> {
+        match self {
+            Mailer::File(t) => t.send(message).map(|_| ()).map_err(|e| e.to_string()),
+            Mailer::Smtp(t) => t.send(message).map(|_| ()).map_err(|e| e.to_string()),
+        }
+    }
+}
