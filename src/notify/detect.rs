@@ -94,7 +94,16 @@ pub fn plan_key_notices(
         .load(conn)?;
 
     let mut planned = Vec::new();
-    for Candidate { key_id, prefix, name, expires_at, status, owner_email, owner_name } in candidates {
+    for Candidate {
+        key_id,
+        prefix,
+        name,
+        expires_at,
+        status,
+        owner_email,
+        owner_name,
+    } in candidates
+    {
         let expired = expires_at <= now;
         if expired && !cfg.notify_expired {
             continue;

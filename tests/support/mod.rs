@@ -117,7 +117,10 @@ impl TestDb {
         let extra = if extra.contains("[notifications]") {
             extra.to_string()
         } else {
-            format!("[notifications]\nfile_dir = \"{}\"\n\n{extra}", self.dir.path().join("outbox").display())
+            format!(
+                "[notifications]\nfile_dir = \"{}\"\n\n{extra}",
+                self.dir.path().join("outbox").display()
+            )
         };
         let text = format!(
             "[daemon]\nlog_target = \"stderr\"\nshutdown_timeout = \"30s\"\n\n[database]\nurl = \"{}\"\nbusy_timeout = \"60s\"\n\n{extra}",
@@ -361,4 +364,110 @@ pub fn eventually(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(100));
     }
     panic!("timed out after {timeout:?} waiting for: {what}");
+}
+
+/// Debian's python3-aiosmtpd, as a real SMTP server owned by one test.
+pub struct SmtpSink {
+    pub port: u16,
+    pub dir: PathBuf,
+    child: Option<Child>,
+    args: Vec<String>,
+}
+
+/// The Python that has Debian's aiosmtpd.
+pub const SYSTEM_PYTHON: &str = "/usr/bin/python3";
+
+/// A port free right now on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+impl SmtpSink {
+    /// `None` (with a loud skip) when aiosmtpd is missing outside CI.
+    pub fn start(dir: &Path, tls: Option<(&Path, &Path)>) -> Option<SmtpSink> {
+        let has = Command::new(SYSTEM_PYTHON)
+            .args(["-c", "import aiosmtpd"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !has {
+            if under_ci() {
+                panic!("python3-aiosmtpd is required under CI");
+            }
+            eprintln!("\n*** SKIPPED: SMTP test, Debian's python3-aiosmtpd is not installed ***\n");
+            return None;
+        }
+        let out = dir.join("smtp-received");
+        std::fs::create_dir_all(&out).expect("mkdir");
+        let port = free_port();
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/smtp_sink.py");
+        let mut args = vec![script.to_string(), port.to_string(), out.display().to_string()];
+        if let Some((cert, key)) = tls {
+            args.push(cert.display().to_string());
+            args.push(key.display().to_string());
+        }
+        let mut sink = SmtpSink {
+            port,
+            dir: out,
+            child: None,
+            args,
+        };
+        sink.resume();
+        Some(sink)
+    }
+
+    /// Starts the server (again), waiting until it listens.
+    pub fn resume(&mut self) {
+        let mut child = Command::new(SYSTEM_PYTHON)
+            .args(&self.args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start smtp sink");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("read ready");
+        assert_eq!(line.trim(), "ready", "smtp sink did not start");
+        self.child = Some(child);
+    }
+
+    /// Stops the server: an outage.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Received messages, oldest first: (envelope JSON, raw message).
+    pub fn messages(&self) -> Vec<(serde_json::Value, Vec<u8>)> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|x| x == "msg"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        files.sort();
+        files
+            .into_iter()
+            .map(|p| {
+                let bytes = std::fs::read(&p).expect("read message");
+                let nl = bytes.iter().position(|b| *b == b'\n').expect("meta line");
+                (
+                    serde_json::from_slice(&bytes[..nl]).expect("meta"),
+                    bytes[nl + 1..].to_vec(),
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }

@@ -1,0 +1,499 @@
+//! Expiry notifications end to end: the outbox on both backends, the file
+//! transport, and a real SMTP server (Debian's aiosmtpd) with an outage, two
+//! competing processes and STARTTLS against a private CA.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use chrono::{NaiveDateTime, TimeDelta};
+use diesel::prelude::*;
+use keywarden::config::KeysConfig;
+use keywarden::db::schema::{api_keys, notifications};
+use keywarden::keys::KeyService;
+use keywarden::notify::detect::enqueue_key_notices;
+use mail_parser::MessageParser;
+use support::*;
+
+both_backends!(
+    each_owner_gets_one_digest_per_window_as_eml_files,
+    rotation_cancels_and_a_new_expiry_renews,
+    smtp_delivery_survives_an_outage_and_never_doubles,
+    two_processes_on_one_database_send_each_message_once,
+    starttls_with_a_private_ca,
+);
+
+fn ok(out: std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "exit {:?}\n{stdout}\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn emls(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn expiry(conn: &mut keywarden::db::DbConnection, prefix: &str) -> NaiveDateTime {
+    api_keys::table
+        .filter(api_keys::prefix.eq(prefix))
+        .select(api_keys::expires_at)
+        .first(conn)
+        .unwrap()
+}
+
+/// What the reader sees: both parts present, every key's name (escaped in
+/// HTML), prefix and expiry date in them, and the headers of an automated
+/// sender.
+fn check_message(raw: &[u8], to: &str, keys: &[(&str, &str, NaiveDateTime)]) -> String {
+    let msg = MessageParser::default().parse(raw).expect("parse message");
+    let subject = msg.subject().unwrap_or_default().to_string();
+    assert_eq!(msg.to().and_then(|a| a.first()).and_then(|a| a.address()), Some(to));
+    assert_eq!(msg.to().map(|a| a.iter().count()), Some(1));
+    assert!(msg.message_id().is_some());
+    assert_eq!(msg.header_raw("Auto-Submitted").map(str::trim), Some("auto-generated"));
+    assert!(msg.header_raw("Bcc").is_none() && msg.header_raw("Cc").is_none());
+    let text = msg.body_text(0).expect("text part").into_owned();
+    let html = msg.body_html(0).expect("html part").into_owned();
+    assert_ne!(text, html);
+    for (name, prefix, expires_at) in keys {
+        let escaped = name
+            .replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;");
+        assert!(html.contains(&escaped), "{name} (escaped) not in the HTML:\n{html}");
+        assert!(text.contains(name), "{name} not in the text:\n{text}");
+        assert!(html.contains(prefix) && text.contains(prefix), "{prefix} missing");
+        let date = expires_at.format("%-d %b %Y").to_string();
+        assert!(html.contains(&date) && text.contains(&date), "{date} missing");
+    }
+    assert!(!html.contains("<script"), "{html}");
+    subject
+}
+
+fn each_owner_gets_one_digest_per_window_as_eml_files(backend: Backend) {
+    let Some(db) = TestDb::new(backend) else { return };
+    let mut conn = db.conn();
+    let alice = add_user(&mut conn, "alice@example.com");
+    let bob = add_user(&mut conn, "bob@example.com");
+    add_key(&mut conn, alice, "sk_live_v2_a1", "active", ts(TimeDelta::days(5)));
+    add_key(
+        &mut conn,
+        alice,
+        "sk_live_v2_a2",
+        "active",
+        ts(TimeDelta::days(5) + TimeDelta::hours(3)),
+    );
+    add_key(&mut conn, alice, "sk_live_v2_a3", "active", ts(TimeDelta::days(20)));
+    add_key(&mut conn, alice, "sk_live_v2_far", "active", ts(TimeDelta::days(60)));
+    add_key(&mut conn, bob, "sk_live_v2_b1", "active", ts(TimeDelta::hours(12)));
+    add_key(&mut conn, bob, "sk_live_v2_b_old", "expired", ts(-TimeDelta::days(30)));
+    let outbox = db.path().join("outbox");
+    let cfg = db.write_config("k.toml", "");
+
+    // The dry run says what would go to whom, and changes nothing.
+    let dry = ok(keywarden(&cfg, &["jobs", "run", "notify-expiry", "--dry-run"]));
+    assert!(
+        dry.contains("would send to alice@example.com: 3 API keys expire between"),
+        "{dry}"
+    );
+    assert!(
+        dry.contains("would send to bob@example.com: API key \"key sk_live_v2_b1\" expires on"),
+        "{dry}"
+    );
+    assert!(emls(&outbox).is_empty());
+    let rows: i64 = notifications::table.count().get_result(&mut conn).unwrap();
+    assert_eq!(rows, 0);
+
+    ok(keywarden(&cfg, &["jobs", "run", "notify-expiry"]));
+    let files = emls(&outbox);
+    assert_eq!(files.len(), 2, "one email per owner: {files:?}");
+    let mut subjects = Vec::new();
+    for f in &files {
+        let raw = std::fs::read(f).unwrap();
+        let parsed = MessageParser::default().parse(&raw).unwrap();
+        let to = parsed
+            .to()
+            .and_then(|a| a.first())
+            .and_then(|a| a.address())
+            .unwrap()
+            .to_string();
+        if to == "alice@example.com" {
+            let keys = [
+                ("key sk_live_v2_a1", "sk_live_v2_a1", expiry(&mut conn, "sk_live_v2_a1")),
+                ("key sk_live_v2_a2", "sk_live_v2_a2", expiry(&mut conn, "sk_live_v2_a2")),
+                ("key sk_live_v2_a3", "sk_live_v2_a3", expiry(&mut conn, "sk_live_v2_a3")),
+            ];
+            subjects.push(check_message(&raw, &to, &keys));
+            assert!(!String::from_utf8_lossy(&raw).contains("sk_live_v2_far"));
+        } else {
+            subjects.push(check_message(
+                &raw,
+                &to,
+                &[("key sk_live_v2_b1", "sk_live_v2_b1", expiry(&mut conn, "sk_live_v2_b1"))],
+            ));
+            assert!(
+                !String::from_utf8_lossy(&raw).contains("sk_live_v2_b_old"),
+                "long-expired keys get no notice"
+            );
+        }
+    }
+    subjects.sort();
+    assert!(subjects[0].starts_with("3 API keys expire between"), "{subjects:?}");
+    assert!(
+        subjects[1].starts_with("API key \"key sk_live_v2_b1\" expires on"),
+        "{subjects:?}"
+    );
+
+    // Windows: the tightest due is sent, the wider ones are marked skipped.
+    let by_window: Vec<(String, String)> = notifications::table
+        .select((notifications::notice_window, notifications::status))
+        .order((notifications::notice_window, notifications::status))
+        .load(&mut conn)
+        .unwrap();
+    let count = |w: &str, s: &str| by_window.iter().filter(|(a, b)| a == w && b == s).count();
+    assert_eq!(count("7d", "sent"), 2, "{by_window:?}");
+    assert_eq!(count("30d", "skipped"), 3, "{by_window:?}");
+    assert_eq!(count("30d", "sent"), 1, "{by_window:?}");
+    assert_eq!(count("1d", "sent"), 1, "{by_window:?}");
+    assert_eq!(count("7d", "skipped"), 1, "{by_window:?}");
+
+    // Never twice: more runs send nothing.
+    for _ in 0..3 {
+        ok(keywarden(&cfg, &["jobs", "run", "notify-expiry"]));
+    }
+    assert_eq!(emls(&outbox).len(), 2);
+
+    // A key crossing into a tighter window gets exactly one more email.
+    diesel::update(api_keys::table.filter(api_keys::prefix.eq("sk_live_v2_a3")))
+        .set(api_keys::expires_at.eq(ts(TimeDelta::days(6))))
+        .execute(&mut conn)
+        .unwrap();
+    ok(keywarden(&cfg, &["jobs", "run", "notify-expiry"]));
+    ok(keywarden(&cfg, &["jobs", "run", "notify-expiry"]));
+    assert_eq!(emls(&outbox).len(), 3);
+    let list = ok(keywarden(
+        &cfg,
+        &["notifications", "list", "--status", "sent", "--json"],
+    ));
+    let v: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(
+        v.as_array().unwrap().len(),
+        5,
+        "four first notices and the new window of the re-dated key: {list}"
+    );
+}
+
+fn rotation_cancels_and_a_new_expiry_renews(backend: Backend) {
+    let Some(db) = TestDb::new(backend) else { return };
+    let mut conn = db.conn();
+    let owner = add_user(&mut conn, "r@example.com");
+    let id = add_key(&mut conn, owner, "sk_live_v2_rot", "active", ts(TimeDelta::days(3)));
+    let cfg = keywarden::config::NotificationsConfig::default();
+    let planned = enqueue_key_notices(&mut conn, &cfg, keywarden::db::now()).unwrap();
+    assert_eq!(planned.len(), 1);
+    // Enqueueing again adds nothing, whatever happens in between.
+    assert!(enqueue_key_notices(&mut conn, &cfg, keywarden::db::now())
+        .unwrap()
+        .is_empty());
+
+    let svc = KeyService::new(&KeysConfig::default()).unwrap();
+    svc.rotate(&mut conn, "sk_live_v2_rot", None, "test").unwrap();
+    let status: String = notifications::table
+        .filter(notifications::subject_id.eq(id.to_string()))
+        .filter(notifications::notice_window.eq("7d"))
+        .select(notifications::status)
+        .first(&mut conn)
+        .unwrap();
+    assert_eq!(status, "cancelled", "rotating a key cancels its pending warning");
+
+    // A key whose expiry moves is eligible again for its new windows.
+    let other = add_key(&mut conn, owner, "sk_live_v2_ext", "active", ts(TimeDelta::hours(20)));
+    assert_eq!(
+        enqueue_key_notices(&mut conn, &cfg, keywarden::db::now())
+            .unwrap()
+            .len(),
+        1
+    );
+    diesel::update(api_keys::table.find(other))
+        .set(api_keys::expires_at.eq(ts(TimeDelta::days(25))))
+        .execute(&mut conn)
+        .unwrap();
+    let again = enqueue_key_notices(&mut conn, &cfg, keywarden::db::now()).unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].window, "30d");
+    // Delivery drops the warning about the old expiry.
+    let dir = db.path().join("outbox");
+    let config = db.write_config("k.toml", "");
+    ok(keywarden(&config, &["jobs", "run", "notify-expiry"]));
+    let files = emls(&dir);
+    assert_eq!(files.len(), 1);
+    let raw = String::from_utf8(std::fs::read(&files[0]).unwrap()).unwrap();
+    assert!(
+        raw.contains("Subject: API key \"key sk_live_v2_ext\" expires on"),
+        "{raw}"
+    );
+    let cancelled: i64 = notifications::table
+        .filter(notifications::status.eq("cancelled"))
+        .count()
+        .get_result(&mut conn)
+        .unwrap();
+    assert_eq!(cancelled, 2);
+}
+
+fn smtp_config(db: &TestDb, port: u16, extra: &str) -> PathBuf {
+    db.write_config(
+        "smtp.toml",
+        &format!(
+            "[notifications]\nfrom = \"keywarden <keywarden@example.com>\"\ntransport = \"smtp\"\nretry_base = \"1s\"\nretry_max = \"2s\"\nmax_attempts = 5\n{extra}\n[notifications.smtp]\nhost = \"127.0.0.1\"\nport = {port}\nsecurity = \"none\"\ntimeout = \"5s\"\n"
+        ),
+    )
+}
+
+fn smtp_delivery_survives_an_outage_and_never_doubles(backend: Backend) {
+    let Some(db) = TestDb::new(backend) else { return };
+    let Some(mut sink) = SmtpSink::start(db.path(), None) else {
+        return;
+    };
+    let mut conn = db.conn();
+    let owner = add_user(&mut conn, "owner@example.com");
+    let evil = "<img src=x onerror=alert(1)>\r\nBcc: victim@example.com\r\n\r\nhi";
+    let now = keywarden::db::now();
+    diesel::insert_into(api_keys::table)
+        .values((
+            api_keys::prefix.eq("sk_live_v2_evil"),
+            api_keys::key_hash.eq("$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaA"),
+            api_keys::name.eq(evil),
+            api_keys::status.eq("active"),
+            api_keys::owner_id.eq(owner),
+            api_keys::expires_at.eq(now + TimeDelta::days(2)),
+            api_keys::created_at.eq(now),
+            api_keys::updated_at.eq(now),
+        ))
+        .execute(&mut conn)
+        .unwrap();
+    let cfg = smtp_config(&db, sink.port, "");
+
+    // Outage: the run fails, the row stays pending with its error.
+    sink.stop();
+    let out = keywarden(&cfg, &["jobs", "run", "notify-expiry"]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let (status, attempts, error): (String, i32, Option<String>) = notifications::table
+        .filter(notifications::notice_window.eq("7d"))
+        .select((
+            notifications::status,
+            notifications::attempts,
+            notifications::last_error,
+        ))
+        .first(&mut conn)
+        .unwrap();
+    assert_eq!((status.as_str(), attempts), ("pending", 1));
+    assert!(error.is_some());
+
+    // Back up: once the retry is due the message goes out, once.
+    sink.resume();
+    std::thread::sleep(std::time::Duration::from_millis(2600));
+    ok(keywarden(&cfg, &["jobs", "run", "notify-expiry"]));
+    ok(keywarden(&cfg, &["jobs", "run", "notify-expiry"]));
+    let msgs = sink.messages();
+    assert_eq!(msgs.len(), 1, "exactly one message");
+    let (meta, raw) = &msgs[0];
+    assert_eq!(
+        meta["rcpt_tos"],
+        serde_json::json!(["owner@example.com"]),
+        "the injected Bcc reached nobody"
+    );
+    let clean_name = "<img src=x onerror=alert(1)>Bcc: victim@example.comhi";
+    check_message(
+        raw,
+        "owner@example.com",
+        &[(clean_name, "sk_live_v2_evil", expiry(&mut conn, "sk_live_v2_evil"))],
+    );
+    let html = MessageParser::default()
+        .parse(raw)
+        .unwrap()
+        .body_html(0)
+        .unwrap()
+        .into_owned();
+    assert!(!html.contains("<img"), "{html}");
+    let sent: i64 = notifications::table
+        .filter(notifications::status.eq("sent"))
+        .count()
+        .get_result(&mut conn)
+        .unwrap();
+    assert_eq!(sent, 1);
+}
+
+fn two_processes_on_one_database_send_each_message_once(backend: Backend) {
+    let Some(db) = TestDb::new(backend) else { return };
+    let Some(sink) = SmtpSink::start(db.path(), None) else {
+        return;
+    };
+    let mut conn = db.conn();
+    for i in 0..20 {
+        let owner = add_user(&mut conn, &format!("owner{i}@example.com"));
+        add_key(
+            &mut conn,
+            owner,
+            &format!("sk_live_v2_k{i}"),
+            "active",
+            ts(TimeDelta::days(3)),
+        );
+    }
+    let cfg = smtp_config(&db, sink.port, "");
+    // Two replicas running the job at the same moment, several times.
+    for _ in 0..3 {
+        let spawn = || {
+            Command::new(BIN)
+                .arg("--config")
+                .arg(&cfg)
+                .args(["jobs", "run", "notify-expiry"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        };
+        let (mut a, mut b) = (spawn(), spawn());
+        let (ra, rb) = (a.wait().unwrap(), b.wait().unwrap());
+        for r in [ra, rb] {
+            assert!(matches!(r.code(), Some(0) | Some(75)), "{r:?}");
+        }
+    }
+    let msgs = sink.messages();
+    assert_eq!(msgs.len(), 20, "one message per owner, none doubled");
+    let mut rcpts: Vec<String> = msgs
+        .iter()
+        .map(|(m, _)| m["rcpt_tos"][0].as_str().unwrap().to_string())
+        .collect();
+    rcpts.sort();
+    rcpts.dedup();
+    assert_eq!(rcpts.len(), 20);
+}
+
+/// A private CA and a leaf for localhost/127.0.0.1, made with openssl.
+fn make_test_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=keywarden test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        "leaf.key",
+        "-out",
+        "leaf.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "leaf.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "leaf.ext",
+    ]);
+    (dir.join("ca.pem"), dir.join("leaf.pem"), dir.join("leaf.key"))
+}
+
+fn starttls_with_a_private_ca(backend: Backend) {
+    let Some(db) = TestDb::new(backend) else { return };
+    let (ca, cert, key) = make_test_pki(db.path());
+    let Some(sink) = SmtpSink::start(db.path(), Some((&cert, &key))) else {
+        return;
+    };
+    let mut conn = db.conn();
+    let owner = add_user(&mut conn, "tls@example.com");
+    add_key(&mut conn, owner, "sk_live_v2_tls", "active", ts(TimeDelta::days(3)));
+    let cfg = db.write_config(
+        "tls.toml",
+        &format!(
+            "[notifications]\ntransport = \"smtp\"\n[notifications.smtp]\nhost = \"localhost\"\nport = {}\nsecurity = \"starttls\"\nca_file = \"{}\"\ntimeout = \"5s\"\n",
+            sink.port,
+            ca.display()
+        ),
+    );
+    ok(keywarden(&cfg, &["jobs", "run", "notify-expiry"]));
+    let msgs = sink.messages();
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0].0["tls"], true, "the session was encrypted");
+
+    // Without the CA the server is not trusted and nothing is sent in clear.
+    add_key(
+        &mut conn,
+        owner,
+        "sk_live_v2_tls2",
+        "active",
+        ts(TimeDelta::days(3) + TimeDelta::hours(1)),
+    );
+    let untrusted = db.write_config(
+        "untrusted.toml",
+        &format!("[notifications]\ntransport = \"smtp\"\n[notifications.smtp]\nhost = \"localhost\"\nport = {}\nsecurity = \"starttls\"\ntimeout = \"5s\"\n", sink.port),
+    );
+    let out = keywarden(&untrusted, &["jobs", "run", "notify-expiry"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(sink.messages().len(), 1);
+    // Plain SMTP to a host that is not loopback is refused by check-config.
+    let plain = db.write_config("plain.toml", "[notifications]\ntransport = \"smtp\"\n[notifications.smtp]\nhost = \"mail.example.com\"\nsecurity = \"none\"\n");
+    let out = keywarden(&plain, &["check-config"]);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only allowed for a loopback server"));
+}

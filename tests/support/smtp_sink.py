@@ -1,0 +1,62 @@
+"""A real SMTP server for the tests (aiosmtpd), storing each message.
+
+usage: smtp_sink.py PORT OUTDIR [CERT KEY]
+
+Every accepted message becomes OUTDIR/<n>.msg: one JSON line (envelope
+sender, recipients, whether the session was encrypted), then the message as
+received. With CERT and KEY the server offers STARTTLS and refuses mail
+without it. Prints "ready" once listening.
+"""
+import json
+import os
+import ssl
+import sys
+import threading
+import time
+
+from aiosmtpd.controller import Controller
+
+
+class Store:
+    def __init__(self, outdir):
+        self.outdir = outdir
+        self.lock = threading.Lock()
+        self.count = 0
+
+    async def handle_DATA(self, server, session, envelope):
+        with self.lock:
+            self.count += 1
+            n = self.count
+        meta = {
+            "mail_from": envelope.mail_from,
+            "rcpt_tos": envelope.rcpt_tos,
+            "tls": session.ssl is not None,
+        }
+        base = os.path.join(self.outdir, "%06d" % n)
+        with open(base + ".tmp", "wb") as f:
+            f.write(json.dumps(meta).encode() + b"\n")
+            f.write(envelope.original_content or envelope.content)
+        os.rename(base + ".tmp", base + ".msg")
+        return "250 Message accepted for delivery"
+
+
+def main():
+    port = int(sys.argv[1])
+    outdir = sys.argv[2]
+    kwargs = {}
+    if len(sys.argv) >= 5:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(sys.argv[3], sys.argv[4])
+        kwargs = {"tls_context": ctx, "require_starttls": True}
+    controller = Controller(Store(outdir), hostname="127.0.0.1", port=port, **kwargs)
+    controller.start()
+    print("ready", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    finally:
+        controller.stop()
+
+
+if __name__ == "__main__":
+    main()
