@@ -1,6 +1,8 @@
 //! Delivery: claim due rows, send one digest per recipient, mark the rows.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use chrono::{NaiveDateTime, TimeDelta};
 use diesel::prelude::*;
@@ -87,6 +89,10 @@ pub fn deliver_batch(
             _ => groups.push((n.recipient.clone(), vec![n])),
         }
     }
+    // Render every digest first, send them over several connections at once
+    // (the pool), then record the outcomes: the database is only touched
+    // from this thread.
+    let mut outgoing: Vec<Outgoing> = Vec::new();
     for (recipient, rows) in groups {
         let (keys, other): (Vec<&Notification>, Vec<&Notification>) =
             rows.iter().partition(|r| r.subject_kind == kind::API_KEY);
@@ -98,7 +104,6 @@ pub fn deliver_batch(
         if keys.is_empty() {
             continue;
         }
-        let key_ids: Vec<i64> = keys.iter().map(|r| r.id).collect();
         let mut payloads: Vec<KeyNoticePayload> = keys
             .iter()
             .filter_map(|r| serde_json::from_str(&r.payload).ok())
@@ -108,37 +113,86 @@ pub fn deliver_batch(
         let display = name
             .clone()
             .unwrap_or_else(|| recipient.split('@').next().unwrap_or("there").to_string());
-        let sent = templates
+        let message = templates
             .render_key_digest(&display, &payloads, cfg.action_url.as_deref(), now)
             .map_err(|e| e.to_string())
-            .and_then(|r| build_message(&from, &recipient, name.as_deref(), &r).map_err(|e| e.to_string()))
-            .and_then(|msg| {
-                let id = msg.headers().get_raw("Message-ID").unwrap_or_default().to_string();
-                mailer.send(&msg).map(|_| id)
-            });
+            .and_then(|r| build_message(&from, &recipient, name.as_deref(), &r).map_err(|e| e.to_string()));
+        outgoing.push(Outgoing {
+            ids: keys.iter().map(|r| r.id).collect(),
+            attempts: keys.iter().map(|r| r.attempts).max().unwrap_or(0).max(0) as u32 + 1,
+            recipient,
+            message,
+        });
+    }
+    let results = send_all(mailer, &outgoing);
+    for (out, sent) in outgoing.into_iter().zip(results) {
+        let Outgoing {
+            ids,
+            attempts,
+            recipient,
+            ..
+        } = out;
         match sent {
             Ok(message_id) => {
-                outbox::mark_sent(conn, &key_ids, &message_id, now)?;
+                outbox::mark_sent(conn, &ids, &message_id, now)?;
                 report.messages += 1;
-                report.notices += key_ids.len() as u64;
-                info!(recipient = %recipient, notices = key_ids.len() as u64, "sent expiry notice for {} key(s) to {recipient}", key_ids.len());
+                report.notices += ids.len() as u64;
+                info!(recipient = %recipient, notices = ids.len() as u64, "sent expiry notice for {} key(s) to {recipient}", ids.len());
+            }
+            Err(e) if attempts >= cfg.max_attempts => {
+                outbox::mark_attempt_failed(conn, &ids, &e, None, now)?;
+                report.failed += 1;
+                error!(recipient = %recipient, error = %e, "giving up on the notice to {recipient} after {attempts} attempt(s): {e}");
             }
             Err(e) => {
-                let attempts = keys.iter().map(|r| r.attempts).max().unwrap_or(0).max(0) as u32 + 1;
-                if attempts >= cfg.max_attempts {
-                    outbox::mark_attempt_failed(conn, &key_ids, &e, None, now)?;
-                    report.failed += 1;
-                    error!(recipient = %recipient, error = %e, "giving up on the notice to {recipient} after {attempts} attempt(s): {e}");
-                } else {
-                    let next = now + retry_delay(cfg, attempts);
-                    outbox::mark_attempt_failed(conn, &key_ids, &e, Some(next), now)?;
-                    report.retrying += 1;
-                    warn!(recipient = %recipient, error = %e, "notice to {recipient} failed (attempt {attempts}); retrying at {next}: {e}");
-                }
+                let next = now + retry_delay(cfg, attempts);
+                outbox::mark_attempt_failed(conn, &ids, &e, Some(next), now)?;
+                report.retrying += 1;
+                warn!(recipient = %recipient, error = %e, "notice to {recipient} failed (attempt {attempts}); retrying at {next}: {e}");
             }
         }
     }
     Ok(Some(report))
+}
+
+/// One digest ready to go.
+struct Outgoing {
+    ids: Vec<i64>,
+    attempts: u32,
+    recipient: String,
+    message: Result<lettre::Message, String>,
+}
+
+/// Sends every message, `mailer.parallelism()` at a time; returns each
+/// one's Message-ID or error, in order.
+fn send_all(mailer: &Mailer, outgoing: &[Outgoing]) -> Vec<Result<String, String>> {
+    let next = AtomicUsize::new(0);
+    let results: Vec<Mutex<Option<Result<String, String>>>> = outgoing.iter().map(|_| Mutex::new(None)).collect();
+    let workers = mailer.parallelism().clamp(1, outgoing.len().max(1));
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(out) = outgoing.get(i) else { break };
+                let result = match &out.message {
+                    Ok(msg) => {
+                        let id = msg.headers().get_raw("Message-ID").unwrap_or_default().to_string();
+                        mailer.send(msg).map(|_| id)
+                    }
+                    Err(e) => Err(e.clone()),
+                };
+                *results[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
+            });
+        }
+    });
+    results
+        .into_iter()
+        .map(|m| {
+            m.into_inner()
+                .unwrap_or_else(|p| p.into_inner())
+                .unwrap_or_else(|| Err("not sent".into()))
+        })
+        .collect()
 }
 
 /// Cancels API-key notices whose key was rotated or revoked, or whose expiry

@@ -27,7 +27,10 @@ pub enum TransportError {
 
 pub enum Mailer {
     File(FileTransport),
-    Smtp(Box<SmtpTransport>),
+    Smtp {
+        transport: Box<SmtpTransport>,
+        connections: usize,
+    },
 }
 
 impl Mailer {
@@ -74,8 +77,19 @@ impl Mailer {
                     };
                     builder = builder.credentials(Credentials::new(user.clone(), password));
                 }
-                Ok(Mailer::Smtp(Box::new(builder.build())))
+                Ok(Mailer::Smtp {
+                    transport: Box::new(builder.build()),
+                    connections: smtp.pool_size as usize,
+                })
             }
+        }
+    }
+
+    /// How many messages may be in flight at once: the SMTP pool size.
+    pub fn parallelism(&self) -> usize {
+        match self {
+            Mailer::File(_) => 1,
+            Mailer::Smtp { connections, .. } => *connections,
         }
     }
 
@@ -84,7 +98,7 @@ impl Mailer {
     pub fn send(&self, message: &Message) -> Result<(), String> {
         match self {
             Mailer::File(t) => t.send(message).map(|_| ()).map_err(|e| e.to_string()),
-            Mailer::Smtp(t) => t.send(message).map(|_| ()).map_err(|e| e.to_string()),
+            Mailer::Smtp { transport, .. } => transport.send(message).map(|_| ()).map_err(|e| e.to_string()),
         }
     }
 }

@@ -423,6 +423,7 @@ impl SmtpSink {
     pub fn resume(&mut self) {
         let mut child = Command::new(SYSTEM_PYTHON)
             .args(&self.args)
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

@@ -2,6 +2,9 @@
 
 usage: smtp_sink.py PORT OUTDIR [CERT KEY]
 
+OUTDIR "-" only counts messages (for benchmarks); the count is printed on
+stdout at exit.
+
 Every accepted message becomes OUTDIR/<n>.msg: one JSON line (envelope
 sender, recipients, whether the session was encrypted), then the message as
 received. With CERT and KEY the server offers STARTTLS and refuses mail
@@ -27,6 +30,8 @@ class Store:
         with self.lock:
             self.count += 1
             n = self.count
+        if self.outdir == "-":
+            return "250 Message accepted for delivery"
         meta = {
             "mail_from": envelope.mail_from,
             "rcpt_tos": envelope.rcpt_tos,
@@ -48,14 +53,15 @@ def main():
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(sys.argv[3], sys.argv[4])
         kwargs = {"tls_context": ctx, "require_starttls": True}
-    controller = Controller(Store(outdir), hostname="127.0.0.1", port=port, **kwargs)
+    store = Store(outdir)
+    controller = Controller(store, hostname="127.0.0.1", port=port, **kwargs)
     controller.start()
     print("ready", flush=True)
     try:
-        while True:
-            time.sleep(3600)
+        sys.stdin.read()  # runs until stdin closes
     finally:
         controller.stop()
+        print(store.count, flush=True)
 
 
 if __name__ == "__main__":
