@@ -22,6 +22,7 @@ both_backends!(
     smtp_delivery_survives_an_outage_and_never_doubles,
     two_processes_on_one_database_send_each_message_once,
     starttls_with_a_private_ca,
+    a_job_failing_repeatedly_alerts_the_admins_once,
 );
 
 fn ok(out: std::process::Output) -> String {
@@ -496,4 +497,55 @@ fn starttls_with_a_private_ca(backend: Backend) {
     let out = keywarden(&plain, &["check-config"]);
     assert_eq!(out.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&out.stderr).contains("only allowed for a loopback server"));
+}
+
+fn a_job_failing_repeatedly_alerts_the_admins_once(backend: Backend) {
+    let Some(db) = TestDb::new(backend) else { return };
+    let Some(mut sink) = SmtpSink::start(db.path(), None) else {
+        return;
+    };
+    let mut conn = db.conn();
+    let owner = add_user(&mut conn, "o@example.com");
+    add_key(&mut conn, owner, "sk_live_v2_alert", "active", ts(TimeDelta::days(2)));
+    let cfg = smtp_config(
+        &db,
+        sink.port,
+        "admin_emails = [\"ops@example.com\"]\nretry_max = \"1s\"",
+    );
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("retry_max = \"2s\"\n", "");
+    std::fs::write(&cfg, text).unwrap();
+    sink.stop();
+    for _ in 0..4 {
+        let out = keywarden(&cfg, &["jobs", "run", "notify-expiry"]);
+        assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+        std::thread::sleep(std::time::Duration::from_millis(1400));
+    }
+    let alerts: Vec<(String, String)> = notifications::table
+        .filter(notifications::subject_kind.eq("job_failure"))
+        .select((notifications::recipient, notifications::status))
+        .load(&mut conn)
+        .unwrap();
+    assert_eq!(alerts.len(), 1, "one alert per streak of failures: {alerts:?}");
+    assert_eq!(alerts[0].0, "ops@example.com");
+
+    sink.resume();
+    ok(keywarden(&cfg, &["jobs", "run", "notify-expiry"]));
+    let msgs = sink.messages();
+    assert_eq!(msgs.len(), 2, "the owner's notice and the admins' alert");
+    let admin = msgs
+        .iter()
+        .find(|(m, _)| m["rcpt_tos"][0] == "ops@example.com")
+        .expect("admin message");
+    let parsed = MessageParser::default().parse(&admin.1).unwrap();
+    assert_eq!(
+        parsed.subject(),
+        Some("keywarden: Job notify-expiry has failed 3 times in a row")
+    );
+    assert!(parsed
+        .body_html(0)
+        .unwrap()
+        .contains("journalctl -u keywarden JOB=notify-expiry"));
+    assert!(parsed.body_text(0).unwrap().contains("Last error:"));
 }

@@ -186,6 +186,21 @@ pub fn execute(
             if let Err(e) = recorded {
                 warn!(error = %e, "could not record the end of run {run_id}");
             }
+            if let Err(e) = &result {
+                let alerted = crate::notify::alerts::alert_on_repeated_failures(
+                    ctx.conn,
+                    &config.notifications,
+                    spec.name,
+                    &host,
+                    &e.to_string(),
+                    finished_at,
+                );
+                match alerted {
+                    Ok(n) if n > 0 => warn!("job {} keeps failing; the admins will be emailed", spec.name),
+                    Ok(_) => {}
+                    Err(err) => warn!(error = %err, "could not enqueue the admin alert for job {}", spec.name),
+                }
+            }
             result
         },
     );

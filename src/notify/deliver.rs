@@ -13,7 +13,7 @@ use tracing::{error, info, warn};
 use super::detect::{generation_of, KeyNoticePayload};
 use super::kind;
 use super::outbox::{self, Notification};
-use super::render::{build_message, Templates};
+use super::render::{build_message, AdminAlert, Templates};
 use super::transport::Mailer;
 use crate::config::NotificationsConfig;
 use crate::db::schema::api_keys;
@@ -97,9 +97,26 @@ pub fn deliver_batch(
         let (keys, other): (Vec<&Notification>, Vec<&Notification>) =
             rows.iter().partition(|r| r.subject_kind == kind::API_KEY);
         if !other.is_empty() {
-            let other_ids: Vec<i64> = other.iter().map(|r| r.id).collect();
-            outbox::mark_cancelled(conn, &other_ids, "no template for this kind of notice yet", now)?;
-            report.cancelled += other_ids.len() as u64;
+            let alerts: Vec<AdminAlert> = other
+                .iter()
+                .map(|r| {
+                    serde_json::from_str(&r.payload).unwrap_or_else(|_| AdminAlert {
+                        title: format!("{} {}", r.subject_kind.replace('_', " "), r.subject_id),
+                        lines: Vec::new(),
+                        action: None,
+                    })
+                })
+                .collect();
+            let message = templates
+                .render_admin_digest(&alerts)
+                .map_err(|e| e.to_string())
+                .and_then(|r| build_message(&from, &recipient, None, &r).map_err(|e| e.to_string()));
+            outgoing.push(Outgoing {
+                ids: other.iter().map(|r| r.id).collect(),
+                attempts: other.iter().map(|r| r.attempts).max().unwrap_or(0).max(0) as u32 + 1,
+                recipient: recipient.clone(),
+                message,
+            });
         }
         if keys.is_empty() {
             continue;

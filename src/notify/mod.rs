@@ -16,6 +16,7 @@
 //! and before its rows were marked sent is the one way to get a duplicate
 //! (such rows are claimed again after [`deliver::STALE_CLAIM`]).
 
+pub mod alerts;
 pub mod deliver;
 pub mod detect;
 pub mod outbox;

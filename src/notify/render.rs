@@ -19,6 +19,8 @@ use crate::config::NotificationsConfig;
 
 const KEY_TEXT: &str = include_str!("templates/key_expiry.txt");
 const KEY_HTML: &str = include_str!("templates/key_expiry.html");
+const ADMIN_TEXT: &str = include_str!("templates/admin_alert.txt");
+const ADMIN_HTML: &str = include_str!("templates/admin_alert.html");
 
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
@@ -51,7 +53,12 @@ impl Templates {
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
-        for (name, builtin) in [("key_expiry.txt", KEY_TEXT), ("key_expiry.html", KEY_HTML)] {
+        for (name, builtin) in [
+            ("key_expiry.txt", KEY_TEXT),
+            ("key_expiry.html", KEY_HTML),
+            ("admin_alert.txt", ADMIN_TEXT),
+            ("admin_alert.html", ADMIN_HTML),
+        ] {
             let source = match &cfg.templates_dir {
                 Some(dir) if dir.join(name).is_file() => {
                     std::fs::read_to_string(dir.join(name)).map_err(|source| RenderError::Read {
@@ -105,6 +112,57 @@ impl Templates {
             html: self.render("key_expiry.html", &ctx)?,
         })
     }
+}
+
+impl Templates {
+    /// One digest of admin alerts (certificates, permission drift, failing
+    /// jobs) for one admin.
+    pub fn render_admin_digest(&self, alerts: &[AdminAlert]) -> Result<Rendered, RenderError> {
+        let subject = match alerts {
+            [one] => format!("keywarden: {}", clean(&one.title, 150)),
+            many => format!("keywarden: {} alerts need attention", many.len()),
+        };
+        let alerts: Vec<AdminAlert> = alerts
+            .iter()
+            .map(|a| AdminAlert {
+                title: clean(&a.title, 200),
+                lines: a.lines.iter().map(|l| clean(l, 500)).collect(),
+                action: a.action.as_deref().map(|x| clean(x, 500)),
+            })
+            .collect();
+        let intro = if alerts.len() == 1 {
+            "keywarden needs your attention:".to_string()
+        } else {
+            format!("keywarden needs your attention on {} matters:", alerts.len())
+        };
+        let ctx = AdminContext {
+            subject: subject.clone(),
+            intro,
+            alerts,
+        };
+        Ok(Rendered {
+            subject,
+            text: self.render("admin_alert.txt", &ctx)?,
+            html: self.render("admin_alert.html", &ctx)?,
+        })
+    }
+}
+
+/// An alert for admins, as stored in an outbox row's payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct AdminAlert {
+    pub title: String,
+    #[serde(default)]
+    pub lines: Vec<String>,
+    #[serde(default)]
+    pub action: Option<String>,
+}
+
+#[derive(Serialize)]
+struct AdminContext {
+    subject: String,
+    intro: String,
+    alerts: Vec<AdminAlert>,
 }
 
 #[derive(Serialize)]
