@@ -122,6 +122,8 @@ struct Status {
     database: DatabaseStatus,
     jobs: Vec<JobStatus>,
     keys: Option<KeysSummary>,
+    /// Outbox rows per status.
+    notifications: Option<std::collections::BTreeMap<String, i64>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -143,13 +145,19 @@ pub fn run(path: &Path, json: bool) -> ExitCode {
     let collected = (|| -> Result<Status, String> {
         let mut conn = database.connect().map_err(|e| e.to_string())?;
         let pending = migrate::pending(&mut conn).map_err(|e| e.to_string())?;
-        let (jobs, keys) = if pending.is_empty() {
+        let (jobs, keys, notifications) = if pending.is_empty() {
             (
                 collect_jobs(&config, &mut conn).map_err(|e| e.to_string())?,
                 Some(summary(&mut conn).map_err(|e| e.to_string())?),
+                Some(
+                    crate::notify::outbox::counts(&mut conn)
+                        .map_err(|e| crate::keys::KeyError::from(e).to_string())?
+                        .into_iter()
+                        .collect(),
+                ),
             )
         } else {
-            (Vec::new(), None)
+            (Vec::new(), None, None)
         };
         Ok(Status {
             database: DatabaseStatus {
@@ -159,6 +167,7 @@ pub fn run(path: &Path, json: bool) -> ExitCode {
             },
             jobs,
             keys,
+            notifications,
         })
     })();
     let status = match collected {
@@ -194,6 +203,23 @@ pub fn run(path: &Path, json: bool) -> ExitCode {
         );
         for (prefix, ends) in &k.in_grace {
             println!("  in grace: {prefix} until {}", ts(*ends));
+        }
+    }
+    if let Some(n) = &status.notifications {
+        let get = |k: &str| n.get(k).copied().unwrap_or(0);
+        println!();
+        println!("Notifications:");
+        println!(
+            "  pending {}, sending {}, sent {}, failed {}, cancelled {}, skipped {}",
+            get("pending"),
+            get("sending"),
+            get("sent"),
+            get("failed"),
+            get("cancelled"),
+            get("skipped")
+        );
+        if get("failed") > 0 {
+            println!("  failed notifications: keywarden notifications list --status failed");
         }
     }
     ExitCode::SUCCESS

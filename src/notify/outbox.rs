@@ -278,3 +278,12 @@ pub fn find(conn: &mut DbConnection, id: i64) -> QueryResult<Option<Notification
         .first(conn)
         .optional()
 }
+
+/// Rows per status, for `keywarden status`.
+pub fn counts(conn: &mut DbConnection) -> QueryResult<Vec<(String, i64)>> {
+    notifications::table
+        .group_by(notifications::status)
+        .select((notifications::status, diesel::dsl::count_star()))
+        .order(notifications::status)
+        .load(conn)
+}
