@@ -23,6 +23,7 @@ both_backends!(
     two_processes_on_one_database_send_each_message_once,
     starttls_with_a_private_ca,
     a_job_failing_repeatedly_alerts_the_admins_once,
+    a_failed_notification_can_be_retried_by_hand,
 );
 
 fn ok(out: std::process::Output) -> String {
@@ -548,4 +549,48 @@ fn a_job_failing_repeatedly_alerts_the_admins_once(backend: Backend) {
         .unwrap()
         .contains("journalctl -u keywarden JOB=notify-expiry"));
     assert!(parsed.body_text(0).unwrap().contains("Last error:"));
+}
+
+fn a_failed_notification_can_be_retried_by_hand(backend: Backend) {
+    let Some(db) = TestDb::new(backend) else { return };
+    let Some(mut sink) = SmtpSink::start(db.path(), None) else {
+        return;
+    };
+    let mut conn = db.conn();
+    let owner = add_user(&mut conn, "f@example.com");
+    add_key(&mut conn, owner, "sk_live_v2_fail", "active", ts(TimeDelta::days(2)));
+    let cfg = db.write_config(
+        "one.toml",
+        &format!(
+            "[notifications]\ntransport = \"smtp\"\nmax_attempts = 1\n[notifications.smtp]\nhost = \"127.0.0.1\"\nport = {}\nsecurity = \"none\"\ntimeout = \"5s\"\n",
+            sink.port
+        ),
+    );
+    sink.stop();
+    let out = keywarden(&cfg, &["jobs", "run", "notify-expiry"]);
+    assert_eq!(out.status.code(), Some(1));
+    let failed = ok(keywarden(
+        &cfg,
+        &["notifications", "list", "--status", "failed", "--json"],
+    ));
+    let rows: serde_json::Value = serde_json::from_str(&failed).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{failed}");
+    assert!(rows[0]["last_error"].as_str().is_some_and(|e| !e.is_empty()));
+    let id = rows[0]["id"].as_i64().unwrap().to_string();
+
+    sink.resume();
+    // Failed rows stay failed until someone says otherwise.
+    ok(keywarden(&cfg, &["jobs", "run", "notify-expiry"]));
+    assert!(sink.messages().is_empty());
+    let out = ok(keywarden(&cfg, &["notifications", "retry", &id]));
+    assert!(out.contains("pending again"), "{out}");
+    ok(keywarden(&cfg, &["jobs", "run", "notify-expiry"]));
+    assert_eq!(sink.messages().len(), 1);
+    // A sent row cannot be retried, an unknown one neither.
+    let out = keywarden(&cfg, &["notifications", "retry", &id]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is sent"));
+    let out = keywarden(&cfg, &["notifications", "retry", "999999"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no notification with id 999999"));
 }
