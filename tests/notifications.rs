@@ -493,6 +493,36 @@ fn starttls_with_a_private_ca(backend: Backend) {
     let out = keywarden(&untrusted, &["jobs", "run", "notify-expiry"]);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(sink.messages().len(), 1);
+    // Implicit TLS (port 465 style) against the same CA.
+    let Some(smtps) = SmtpSink::start_with(db.path(), Some((&cert, &key)), true) else {
+        return;
+    };
+    add_key(
+        &mut conn,
+        owner,
+        "sk_live_v2_tls3",
+        "active",
+        ts(TimeDelta::days(3) + TimeDelta::hours(2)),
+    );
+    let implicit = db.write_config(
+        "implicit.toml",
+        &format!(
+            "[notifications]\ntransport = \"smtp\"\n[notifications.smtp]\nhost = \"localhost\"\nport = {}\nsecurity = \"tls\"\nca_file = \"{}\"\ntimeout = \"5s\"\n",
+            smtps.port,
+            ca.display()
+        ),
+    );
+    ok(keywarden(&implicit, &["jobs", "run", "notify-expiry"]));
+    let msgs = smtps.messages();
+    assert_eq!(msgs.len(), 1, "the new notice goes out over implicit TLS");
+    assert_eq!(msgs[0].0["tls"], true);
+    let raw = String::from_utf8_lossy(&msgs[0].1);
+    // The notice refused by the untrusted attempt waits for its retry time.
+    assert!(
+        raw.contains("sk_live_v2_tls3") && !raw.contains("sk_live_v2_tls2"),
+        "{raw}"
+    );
+
     // Plain SMTP to a host that is not loopback is refused by check-config.
     let plain = db.write_config("plain.toml", "[notifications]\ntransport = \"smtp\"\n[notifications.smtp]\nhost = \"mail.example.com\"\nsecurity = \"none\"\n");
     let out = keywarden(&plain, &["check-config"]);

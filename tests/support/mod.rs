@@ -389,6 +389,11 @@ pub fn free_port() -> u16 {
 impl SmtpSink {
     /// `None` (with a loud skip) when aiosmtpd is missing outside CI.
     pub fn start(dir: &Path, tls: Option<(&Path, &Path)>) -> Option<SmtpSink> {
+        Self::start_with(dir, tls, false)
+    }
+
+    /// With `implicit`, TLS from the first byte instead of STARTTLS.
+    pub fn start_with(dir: &Path, tls: Option<(&Path, &Path)>, implicit: bool) -> Option<SmtpSink> {
         let has = Command::new(SYSTEM_PYTHON)
             .args(["-c", "import aiosmtpd"])
             .status()
@@ -400,7 +405,7 @@ impl SmtpSink {
             eprintln!("\n*** SKIPPED: SMTP test, Debian's python3-aiosmtpd is not installed ***\n");
             return None;
         }
-        let out = dir.join("smtp-received");
+        let out = dir.join(if implicit { "smtps-received" } else { "smtp-received" });
         std::fs::create_dir_all(&out).expect("mkdir");
         let port = free_port();
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/smtp_sink.py");
@@ -408,6 +413,9 @@ impl SmtpSink {
         if let Some((cert, key)) = tls {
             args.push(cert.display().to_string());
             args.push(key.display().to_string());
+            if implicit {
+                args.push("implicit".into());
+            }
         }
         let mut sink = SmtpSink {
             port,

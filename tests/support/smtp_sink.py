@@ -1,6 +1,6 @@
 """A real SMTP server for the tests (aiosmtpd), storing each message.
 
-usage: smtp_sink.py PORT OUTDIR [CERT KEY]
+usage: smtp_sink.py PORT OUTDIR [CERT KEY [implicit]]
 
 OUTDIR "-" only counts messages (for benchmarks); the count is printed on
 stdout at exit.
@@ -8,7 +8,7 @@ stdout at exit.
 Every accepted message becomes OUTDIR/<n>.msg: one JSON line (envelope
 sender, recipients, whether the session was encrypted), then the message as
 received. With CERT and KEY the server offers STARTTLS and refuses mail
-without it. Prints "ready" once listening.
+without it; with "implicit" after them it speaks TLS from the first byte. Prints "ready" once listening.
 """
 import json
 import os
@@ -21,8 +21,9 @@ from aiosmtpd.controller import Controller
 
 
 class Store:
-    def __init__(self, outdir):
+    def __init__(self, outdir, implicit=False):
         self.outdir = outdir
+        self.implicit = implicit
         self.lock = threading.Lock()
         self.count = 0
 
@@ -35,7 +36,8 @@ class Store:
         meta = {
             "mail_from": envelope.mail_from,
             "rcpt_tos": envelope.rcpt_tos,
-            "tls": session.ssl is not None,
+            # An implicit-TLS listener accepts nothing but TLS connections.
+            "tls": session.ssl is not None or self.implicit,
         }
         base = os.path.join(self.outdir, "%06d" % n)
         with open(base + ".tmp", "wb") as f:
@@ -52,8 +54,11 @@ def main():
     if len(sys.argv) >= 5:
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(sys.argv[3], sys.argv[4])
-        kwargs = {"tls_context": ctx, "require_starttls": True}
-    store = Store(outdir)
+        if len(sys.argv) >= 6 and sys.argv[5] == "implicit":
+            kwargs = {"ssl_context": ctx}
+        else:
+            kwargs = {"tls_context": ctx, "require_starttls": True}
+    store = Store(outdir, implicit=len(sys.argv) >= 6 and sys.argv[5] == "implicit")
     controller = Controller(store, hostname="127.0.0.1", port=port, **kwargs)
     controller.start()
     print("ready", flush=True)
