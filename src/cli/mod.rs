@@ -126,6 +126,14 @@ pub(crate) fn open_database(config: &Config) -> Result<Database, ExitCode> {
     }
 }
 
+/// Loads the configuration and opens a checked connection: what most
+/// commands start with.
+pub(crate) fn connect_with_config(path: &Path) -> Result<(Config, DbConnection), ExitCode> {
+    let config = load_config(path)?;
+    let conn = open_database(&config).and_then(|db| connect_current(&db))?;
+    Ok((config, conn))
+}
+
 /// Connects and checks the schema is current (commands other than `run` and
 /// `migrate` do not change the schema).
 pub(crate) fn connect_current(database: &Database) -> Result<DbConnection, ExitCode> {

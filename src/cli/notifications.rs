@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 
-use super::{connect_current, load_config, open_database, EXIT_FAILURE};
+use super::EXIT_FAILURE;
 use crate::notify::outbox;
 
 #[derive(Debug, Subcommand)]
@@ -25,12 +25,8 @@ pub enum NotificationsCommand {
 }
 
 pub fn run(path: &Path, cmd: NotificationsCommand) -> ExitCode {
-    let config = match load_config(path) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let mut conn = match open_database(&config).and_then(|db| connect_current(&db)) {
-        Ok(c) => c,
+    let mut conn = match super::connect_with_config(path) {
+        Ok((_, c)) => c,
         Err(code) => return code,
     };
     match cmd {

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 
-use super::{connect_current, load_config, open_database, EXIT_FAILURE};
+use super::EXIT_FAILURE;
 use crate::keys::users;
 
 #[derive(Debug, Subcommand)]
@@ -25,12 +25,8 @@ pub enum UsersCommand {
 }
 
 pub fn run(path: &Path, cmd: UsersCommand) -> ExitCode {
-    let config = match load_config(path) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let mut conn = match open_database(&config).and_then(|db| connect_current(&db)) {
-        Ok(c) => c,
+    let mut conn = match super::connect_with_config(path) {
+        Ok((_, c)) => c,
         Err(code) => return code,
     };
     match cmd {
