@@ -459,20 +459,45 @@ fn make_test_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 fn starttls_with_a_private_ca(backend: Backend) {
     let Some(db) = TestDb::new(backend) else { return };
     let (ca, cert, key) = make_test_pki(db.path());
-    let Some(sink) = SmtpSink::start(db.path(), Some((&cert, &key))) else {
+    // The server wants a login; the password comes from a 0600 file.
+    let Some(sink) = SmtpSink::start_full(db.path(), Some((&cert, &key)), false, Some("s3cret smtp pw")) else {
         return;
     };
+    let pw_file = db.path().join("smtp-password");
+    std::fs::write(&pw_file, "s3cret smtp pw\n").unwrap();
+    std::fs::set_permissions(&pw_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let mut conn = db.conn();
     let owner = add_user(&mut conn, "tls@example.com");
     add_key(&mut conn, owner, "sk_live_v2_tls", "active", ts(TimeDelta::days(3)));
     let cfg = db.write_config(
         "tls.toml",
         &format!(
-            "[notifications]\ntransport = \"smtp\"\n[notifications.smtp]\nhost = \"localhost\"\nport = {}\nsecurity = \"starttls\"\nca_file = \"{}\"\ntimeout = \"5s\"\n",
+            "[notifications]\ntransport = \"smtp\"\n[notifications.smtp]\nhost = \"localhost\"\nport = {}\nsecurity = \"starttls\"\nca_file = \"{}\"\ntimeout = \"5s\"\nusername = \"keywarden\"\npassword = {{ file = \"{}\" }}\n",
             sink.port,
-            ca.display()
+            ca.display(),
+            pw_file.display()
         ),
     );
+    // A wrong password is refused by the server and nothing is sent.
+    let wrong_pw = db.path().join("wrong-password");
+    std::fs::write(&wrong_pw, "guess").unwrap();
+    std::fs::set_permissions(&wrong_pw, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let wrong_text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(&pw_file.display().to_string(), &wrong_pw.display().to_string());
+    let wrong = db.path().join("wrong.toml");
+    std::fs::write(&wrong, wrong_text).unwrap();
+    let out = keywarden(&wrong, &["jobs", "run", "notify-expiry"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("guess"),
+        "the password never shows"
+    );
+    assert!(sink.messages().is_empty());
+    diesel::update(notifications::table)
+        .set(notifications::next_attempt_at.eq(ts(-TimeDelta::seconds(1))))
+        .execute(&mut conn)
+        .unwrap();
     ok(keywarden(&cfg, &["jobs", "run", "notify-expiry"]));
     let msgs = sink.messages();
     assert_eq!(msgs.len(), 1);

@@ -372,6 +372,7 @@ pub struct SmtpSink {
     pub dir: PathBuf,
     child: Option<Child>,
     args: Vec<String>,
+    password: Option<String>,
 }
 
 /// The Python that has Debian's aiosmtpd.
@@ -394,6 +395,16 @@ impl SmtpSink {
 
     /// With `implicit`, TLS from the first byte instead of STARTTLS.
     pub fn start_with(dir: &Path, tls: Option<(&Path, &Path)>, implicit: bool) -> Option<SmtpSink> {
+        Self::start_full(dir, tls, implicit, None)
+    }
+
+    /// `password`: the server requires a login as "keywarden" with it.
+    pub fn start_full(
+        dir: &Path,
+        tls: Option<(&Path, &Path)>,
+        implicit: bool,
+        password: Option<&str>,
+    ) -> Option<SmtpSink> {
         let has = Command::new(SYSTEM_PYTHON)
             .args(["-c", "import aiosmtpd"])
             .status()
@@ -422,6 +433,7 @@ impl SmtpSink {
             dir: out,
             child: None,
             args,
+            password: password.map(str::to_string),
         };
         sink.resume();
         Some(sink)
@@ -429,7 +441,11 @@ impl SmtpSink {
 
     /// Starts the server (again), waiting until it listens.
     pub fn resume(&mut self) {
-        let mut child = Command::new(SYSTEM_PYTHON)
+        let mut cmd = Command::new(SYSTEM_PYTHON);
+        if let Some(pw) = &self.password {
+            cmd.env("SMTP_SINK_PASSWORD", pw);
+        }
+        let mut child = cmd
             .args(&self.args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

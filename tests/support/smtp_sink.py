@@ -7,7 +7,8 @@ stdout at exit.
 
 Every accepted message becomes OUTDIR/<n>.msg: one JSON line (envelope
 sender, recipients, whether the session was encrypted), then the message as
-received. With CERT and KEY the server offers STARTTLS and refuses mail
+received. With SMTP_SINK_PASSWORD set, mail is refused unless the client
+logs in as "keywarden" with that password. With CERT and KEY the server offers STARTTLS and refuses mail
 without it; with "implicit" after them it speaks TLS from the first byte. Prints "ready" once listening.
 """
 import json
@@ -18,6 +19,7 @@ import threading
 import time
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
 
 
 class Store:
@@ -47,6 +49,20 @@ class Store:
         return "250 Message accepted for delivery"
 
 
+def authenticator_for(password):
+    """Accepts user "keywarden" with PASSWORD; anything else is refused."""
+
+    def check(server, session, envelope, mechanism, auth_data):
+        ok = (
+            isinstance(auth_data, LoginPassword)
+            and auth_data.login == b"keywarden"
+            and auth_data.password == password.encode()
+        )
+        return AuthResult(success=ok, handled=False)
+
+    return check
+
+
 def main():
     port = int(sys.argv[1])
     outdir = sys.argv[2]
@@ -58,6 +74,9 @@ def main():
             kwargs = {"ssl_context": ctx}
         else:
             kwargs = {"tls_context": ctx, "require_starttls": True}
+    password = os.environ.get("SMTP_SINK_PASSWORD")
+    if password:
+        kwargs.update(authenticator=authenticator_for(password), auth_required=True)
     store = Store(outdir, implicit=len(sys.argv) >= 6 and sys.argv[5] == "implicit")
     controller = Controller(store, hostname="127.0.0.1", port=port, **kwargs)
     controller.start()
