@@ -127,3 +127,27 @@ pub fn init(target: LogTarget, level: LogLevel) -> Telemetry {
         target: active,
     }
 }
+
+/// `MESSAGE_ID`s of the events an admin may want explained: `journalctl -x`
+/// shows the text for each from `packaging/keywarden.catalog`, and
+/// `journalctl MESSAGE_ID=…` finds every occurrence.
+pub mod message_ids {
+    pub const STARTED: &str = "e293b66551b342d2a4583b8fc87918c7";
+    pub const STOPPED: &str = "bb7a829d9ba849ebb4fba4259d861cd8";
+    pub const RELOAD_APPLIED: &str = "6d7df6d037844ad48a88c20a0c34a444";
+    pub const RELOAD_REFUSED: &str = "b55c87145ea14c9bbf4843717896d12b";
+    pub const JOB_FAILED: &str = "40284432ba1443c6b41c84e7e05a335c";
+    pub const DATABASE_UNAVAILABLE: &str = "75c71b07458444b6b338ce43fdad4290";
+    pub const NOTIFICATION_FAILED: &str = "8d06b44b610f411a86c69c9be1c802e3";
+
+    /// Every id, for the catalog's test.
+    pub const ALL: [&str; 7] = [
+        STARTED,
+        STOPPED,
+        RELOAD_APPLIED,
+        RELOAD_REFUSED,
+        JOB_FAILED,
+        DATABASE_UNAVAILABLE,
+        NOTIFICATION_FAILED,
+    ];
+}

@@ -324,6 +324,12 @@ fn journald_receives_structured_fields(backend: Backend) {
     assert_eq!(entry["SYSLOG_IDENTIFIER"], "keywarden", "{entry}");
     // The filter an admin would use finds it too.
     assert!(!journal_entries(pid, "JOB=expire-keys").is_empty());
+    // Daemon events carry the MESSAGE_ID that the catalog explains.
+    let started = journal_entries(
+        pid,
+        &format!("MESSAGE_ID={}", keywarden::telemetry::message_ids::STARTED),
+    );
+    assert_eq!(started.len(), 1, "{started:?}");
     assert_eq!(status.code(), Some(0));
     let stderr = std::fs::read_to_string(&stderr_path).unwrap();
     assert!(

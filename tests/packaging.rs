@@ -58,3 +58,20 @@ fn the_unit_checks_the_config_before_start_and_reload() {
         .unwrap();
     assert!(out.status.success());
 }
+
+#[test]
+fn every_message_id_has_a_catalog_entry() {
+    let catalog = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/keywarden.catalog")).unwrap();
+    let ids: Vec<&str> = catalog.lines().filter_map(|l| l.strip_prefix("-- ")).collect();
+    for id in keywarden::telemetry::message_ids::ALL {
+        assert!(ids.contains(&id), "no catalog entry for {id}");
+    }
+    assert_eq!(
+        ids.len(),
+        keywarden::telemetry::message_ids::ALL.len(),
+        "entries for ids the daemon never emits"
+    );
+    for id in ids {
+        assert!(id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+    }
+}

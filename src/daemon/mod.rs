@@ -77,7 +77,12 @@ pub async fn run(config_path: PathBuf, config: Config, database: Database, telem
     }
     notify::spawn_watchdog(stop.clone());
     notify::ready(&state.status_line());
-    info!(event = "started", "keywarden ready; {}", state.status_line());
+    info!(
+        event = "started",
+        message_id = crate::telemetry::message_ids::STARTED,
+        "keywarden ready; {}",
+        state.status_line()
+    );
 
     loop {
         match signals.next().await {
@@ -107,16 +112,16 @@ pub async fn run(config_path: PathBuf, config: Config, database: Database, telem
     let timeout = state.config().daemon.shutdown_timeout.as_duration();
     tokio::select! {
         _ = tracker.wait() => {
-            info!(event = "stopped", "keywarden stopped");
+            info!(event = "stopped", message_id = crate::telemetry::message_ids::STOPPED, "keywarden stopped");
             Exit::Clean
         }
         _ = tokio::time::sleep(timeout) => {
-            warn!(event = "stopped", "shutdown timeout of {} passed with {} job(s) still running; exiting anyway (their runs will show as interrupted)",
+            warn!(event = "stopped", message_id = crate::telemetry::message_ids::STOPPED, "shutdown timeout of {} passed with {} job(s) still running; exiting anyway (their runs will show as interrupted)",
                 state.config().daemon.shutdown_timeout, tracker.len());
             Exit::Clean
         }
         sig = signals.next_stop() => {
-            warn!(event = "stopped", "second stop signal; exiting at once");
+            warn!(event = "stopped", message_id = crate::telemetry::message_ids::STOPPED, "second stop signal; exiting at once");
             Exit::Forced(sig)
         }
     }
@@ -141,7 +146,7 @@ async fn prepare_database(database: &Database, signals: &mut SignalStream) -> Op
                 return None;
             }
             Ok(Err(e)) => {
-                error!(error = %e, "database not ready: {e}; retrying in {}s", delay.as_secs());
+                error!(error = %e, message_id = crate::telemetry::message_ids::DATABASE_UNAVAILABLE, "database not ready: {e}; retrying in {}s", delay.as_secs());
                 notify::status(&format!("waiting for the database: {e}"));
             }
             Err(e) => {

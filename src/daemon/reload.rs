@@ -41,13 +41,22 @@ pub async fn reload(state: &Arc<DaemonState>) {
     };
     match &outcome {
         ReloadOutcome::Applied { changes } if changes.is_empty() => {
-            info!(event = "reload-applied", "reload applied: no changes");
+            info!(
+                event = "reload-applied",
+                message_id = crate::telemetry::message_ids::RELOAD_APPLIED,
+                "reload applied: no changes"
+            );
         }
         ReloadOutcome::Applied { changes } => {
             for change in changes {
                 info!(event = "reload-change", "{change}");
             }
-            info!(event = "reload-applied", "reload applied: {}", changes.join("; "));
+            info!(
+                event = "reload-applied",
+                message_id = crate::telemetry::message_ids::RELOAD_APPLIED,
+                "reload applied: {}",
+                changes.join("; ")
+            );
         }
         ReloadOutcome::Refused { errors } => {
             for e in errors {
@@ -55,6 +64,7 @@ pub async fn reload(state: &Arc<DaemonState>) {
             }
             error!(
                 event = "reload-refused",
+                message_id = crate::telemetry::message_ids::RELOAD_REFUSED,
                 "reload refused ({} error(s)); still running on the previous configuration",
                 errors.len()
             );

@@ -136,7 +136,7 @@ pub fn execute(
     let started = Instant::now();
     let fail = |error: String| {
         let duration = started.elapsed();
-        error!(outcome = "failed", error = %error, duration_ms = duration.as_millis() as u64, "job {} failed: {error}", spec.name);
+        error!(outcome = "failed", message_id = crate::telemetry::message_ids::JOB_FAILED, error = %error, duration_ms = duration.as_millis() as u64, "job {} failed: {error}", spec.name);
         RunOutcome::Failed {
             run_id: run_id.clone(),
             error,

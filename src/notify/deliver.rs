@@ -159,7 +159,7 @@ pub fn deliver_batch(
             Err(e) if attempts >= cfg.max_attempts => {
                 outbox::mark_attempt_failed(conn, &ids, &e, None, now)?;
                 report.failed += 1;
-                error!(recipient = %recipient, error = %e, "giving up on the notice to {recipient} after {attempts} attempt(s): {e}");
+                error!(recipient = %recipient, message_id = crate::telemetry::message_ids::NOTIFICATION_FAILED, error = %e, "giving up on the notice to {recipient} after {attempts} attempt(s): {e}");
             }
             Err(e) => {
                 let next = now + retry_delay(cfg, attempts);
