@@ -172,3 +172,30 @@ fn help_everywhere_and_exit_codes_documented() {
     assert_eq!(code, Some(2));
     assert!(err.contains("expire-keys"), "{err}");
 }
+
+#[test]
+fn completions_and_man_page_come_from_the_command_definitions() {
+    for shell in ["bash", "zsh", "fish"] {
+        let (code, out, err) = run(&["completions", shell], &[]);
+        assert_eq!(code, Some(0), "{shell}: {err}");
+        for sub in ["check-config", "notifications", "keys"] {
+            assert!(out.contains(sub), "{shell} completion lacks {sub}");
+        }
+    }
+    let (code, man, _) = run(&["manpage"], &[]);
+    assert_eq!(code, Some(0));
+    assert!(man.contains(".TH keywarden 8"), "{man}");
+    for needle in ["EXIT STATUS", "78", "SIGHUP", "/etc/keywarden/keywarden.toml", "check\\-config"] {
+        assert!(man.contains(needle), "man page lacks {needle}");
+    }
+    // A closed pipe ends a printing command quietly, without a panic.
+    let mut child = Command::new(BIN)
+        .args(["completions", "bash"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+}

@@ -13,6 +13,7 @@
 
 mod actor;
 pub mod check_config;
+pub mod docs;
 pub mod jobs;
 pub mod keys;
 pub mod migrate;
@@ -75,12 +76,48 @@ pub enum Command {
     /// The notification outbox
     #[command(subcommand)]
     Notifications(notifications::NotificationsCommand),
+    /// Print a shell completion script
+    Completions {
+        #[arg(value_enum)]
+        shell: docs::Shell,
+    },
+    /// Print the man page (roff)
+    #[command(hide = true)]
+    Manpage,
     /// Show jobs, their last outcome and next run
     Status {
         /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
+}
+
+impl Command {
+    /// Commands that only read and print: piped into `head`, they should end
+    /// quietly like other Unix tools instead of failing on a closed pipe.
+    fn only_prints(&self) -> bool {
+        match self {
+            Command::Status { .. } | Command::Completions { .. } | Command::Manpage | Command::CheckConfig => true,
+            Command::Jobs(c) => matches!(c, jobs::JobsCommand::List { .. }),
+            Command::Users(c) => matches!(c, users::UsersCommand::List { .. }),
+            Command::Keys(c) => matches!(
+                c,
+                keys::KeysCommand::List { .. } | keys::KeysCommand::Show { .. } | keys::KeysCommand::Usage { .. }
+            ),
+            Command::Notifications(c) => matches!(c, notifications::NotificationsCommand::List { .. }),
+            Command::Run | Command::Migrate => false,
+        }
+    }
+}
+
+/// Rust ignores SIGPIPE so that writes report EPIPE; the daemon and
+/// commands that talk to servers keep that. Printing commands get the
+/// default back, so `keywarden keys list | head` just ends.
+fn restore_default_sigpipe() {
+    // SAFETY: called before any thread is started; SIG_DFL is always valid.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }
 
 /// Parses the command line and runs the command.
@@ -93,6 +130,9 @@ pub fn main() -> ExitCode {
         }
     };
     let path = Config::locate(cli.config.as_deref());
+    if cli.command.only_prints() {
+        restore_default_sigpipe();
+    }
     match cli.command {
         Command::Run => run::run(&path),
         Command::CheckConfig => check_config::run(&path),
@@ -101,6 +141,8 @@ pub fn main() -> ExitCode {
         Command::Users(cmd) => users::run(&path, cmd),
         Command::Keys(cmd) => keys::run(&path, cmd),
         Command::Notifications(cmd) => notifications::run(&path, cmd),
+        Command::Completions { shell } => docs::completions(shell),
+        Command::Manpage => docs::manpage(),
         Command::Status { json } => status::run(&path, json),
     }
 }
