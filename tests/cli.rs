@@ -30,7 +30,7 @@ fn run(args: &[&str], envs: &[(&str, &str)]) -> (Option<i32>, String, String) {
 
 #[test]
 fn check_config_says_ok_for_the_examples() {
-    for example in ["examples/quickstart.toml", "packaging/keywarden.toml"] {
+    for example in ["examples/quickstart.toml", "examples/production.toml", "packaging/keywarden.toml"] {
         let (code, out, err) = run(&["--config", example, "check-config"], &[]);
         assert_eq!((code, out.trim()), (Some(0), "ok"), "{example}: {err}");
     }
