@@ -30,7 +30,11 @@ fn run(args: &[&str], envs: &[(&str, &str)]) -> (Option<i32>, String, String) {
 
 #[test]
 fn check_config_says_ok_for_the_examples() {
-    for example in ["examples/quickstart.toml", "examples/production.toml", "packaging/keywarden.toml"] {
+    for example in [
+        "examples/quickstart.toml",
+        "examples/production.toml",
+        "packaging/keywarden.toml",
+    ] {
         let (code, out, err) = run(&["--config", example, "check-config"], &[]);
         assert_eq!((code, out.trim()), (Some(0), "ok"), "{example}: {err}");
     }
@@ -185,7 +189,13 @@ fn completions_and_man_page_come_from_the_command_definitions() {
     let (code, man, _) = run(&["manpage"], &[]);
     assert_eq!(code, Some(0));
     assert!(man.contains(".TH keywarden 8"), "{man}");
-    for needle in ["EXIT STATUS", "78", "SIGHUP", "/etc/keywarden/keywarden.toml", "check\\-config"] {
+    for needle in [
+        "EXIT STATUS",
+        "78",
+        "SIGHUP",
+        "/etc/keywarden/keywarden.toml",
+        "check\\-config",
+    ] {
         assert!(man.contains(needle), "man page lacks {needle}");
     }
     // A closed pipe ends a printing command quietly, without a panic.
