@@ -16,12 +16,12 @@ pub enum HashError {
 }
 
 /// Hashes and verifies secrets with the configured cost.
-#[derive(Clone)]
 pub struct SecretHasher {
     argon2: Argon2<'static>,
     /// A hash of a random value with the same cost, verified against when a
     /// prefix is unknown so that the answer takes as long as a wrong secret.
-    decoy: String,
+    /// Made on first need: commands that never verify do not pay for it.
+    decoy: std::sync::OnceLock<String>,
 }
 
 impl SecretHasher {
@@ -29,13 +29,23 @@ impl SecretHasher {
         let params = Params::new(config.memory_kib, config.iterations, config.parallelism, None)
             .map_err(|e| HashError::Params(e.to_string()))?;
         let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
-        let mut random = [0u8; 32];
-        getrandom::fill(&mut random).map_err(|e| HashError::Hash(e.to_string()))?;
-        let decoy = argon2
-            .hash_password(&random)
-            .map_err(|e| HashError::Hash(e.to_string()))?
-            .to_string();
-        Ok(Self { argon2, decoy })
+        Ok(Self {
+            argon2,
+            decoy: std::sync::OnceLock::new(),
+        })
+    }
+
+    fn decoy(&self) -> &str {
+        self.decoy.get_or_init(|| {
+            let mut random = [0u8; 32];
+            // Should the system's RNG fail, any fixed input still costs a
+            // full hash, which is all the decoy is for.
+            let _ = getrandom::fill(&mut random);
+            self.argon2
+                .hash_password(&random)
+                .map(|h| h.to_string())
+                .unwrap_or_default()
+        })
     }
 
     /// The PHC string for a secret, with a fresh random salt.
@@ -53,7 +63,7 @@ impl SecretHasher {
     pub fn verify(&self, secret: &str, phc: &str) -> bool {
         if !acceptable_phc(phc) {
             // Burn the same time as a real verify, then refuse.
-            let _ = self.argon2.verify_password(secret.as_bytes(), self.decoy.as_str());
+            let _ = self.argon2.verify_password(secret.as_bytes(), self.decoy());
             return false;
         }
         self.argon2.verify_password(secret.as_bytes(), phc).is_ok()
@@ -61,7 +71,7 @@ impl SecretHasher {
 
     /// Spends the time of one verify without a stored hash.
     pub fn verify_decoy(&self, secret: &str) {
-        let _ = self.argon2.verify_password(secret.as_bytes(), self.decoy.as_str());
+        let _ = self.argon2.verify_password(secret.as_bytes(), self.decoy());
     }
 }
 
