@@ -28,15 +28,6 @@ pub enum DbConnection {
     Sqlite(SqliteConnection),
 }
 
-impl DbConnection {
-    pub fn backend_name(&self) -> &'static str {
-        match self {
-            DbConnection::Postgres(_) => "postgres",
-            DbConnection::Sqlite(_) => "sqlite",
-        }
-    }
-}
-
 /// Why the database could not be used. Messages carry the redacted URL and
 /// the database's own message, never query text or bound values.
 #[derive(Debug, thiserror::Error)]
@@ -79,10 +70,6 @@ impl Database {
     /// The URL with any password redacted; safe to log.
     pub fn describe(&self) -> String {
         self.url.to_string()
-    }
-
-    pub fn url(&self) -> &DatabaseUrl {
-        &self.url
     }
 
     /// Opens a new connection, set up for keywarden's use.

@@ -95,17 +95,6 @@ pub fn last_run(conn: &mut DbConnection, job: &str) -> QueryResult<Option<JobRun
         .optional()
 }
 
-/// The most recent failed run of a job.
-pub fn last_failure(conn: &mut DbConnection, job: &str) -> QueryResult<Option<JobRun>> {
-    job_runs::table
-        .filter(job_runs::job.eq(job))
-        .filter(job_runs::outcome.eq("failed"))
-        .order((job_runs::started_at.desc(), job_runs::id.desc()))
-        .select(JobRun::as_select())
-        .first(conn)
-        .optional()
-}
-
 /// Failures of a job since a moment.
 pub fn failures_since(conn: &mut DbConnection, job: &str, since: NaiveDateTime) -> QueryResult<i64> {
     job_runs::table
