@@ -109,7 +109,7 @@ fn dry_run_notify(config: &crate::config::Config, conn: &mut crate::db::DbConnec
     let planned = match crate::notify::detect::plan_key_notices(conn, &config.notifications, now) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("error: {}", crate::keys::KeyError::from(e));
+            eprintln!("error: database error: {}", crate::db::describe_error(&e));
             return ExitCode::from(EXIT_FAILURE);
         }
     };

@@ -56,7 +56,7 @@ pub fn run(path: &Path, cmd: NotificationsCommand) -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("error: {}", crate::keys::KeyError::from(e));
+                eprintln!("error: database error: {}", crate::db::describe_error(&e));
                 ExitCode::from(EXIT_FAILURE)
             }
         },
@@ -80,7 +80,7 @@ pub fn run(path: &Path, cmd: NotificationsCommand) -> ExitCode {
                 ExitCode::from(EXIT_FAILURE)
             }
             Err(e) => {
-                eprintln!("error: {}", crate::keys::KeyError::from(e));
+                eprintln!("error: database error: {}", crate::db::describe_error(&e));
                 ExitCode::from(EXIT_FAILURE)
             }
         },

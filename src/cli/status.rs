@@ -151,7 +151,7 @@ pub fn run(path: &Path, json: bool) -> ExitCode {
                 Some(summary(&mut conn).map_err(|e| e.to_string())?),
                 Some(
                     crate::notify::outbox::counts(&mut conn)
-                        .map_err(|e| crate::keys::KeyError::from(e).to_string())?
+                        .map_err(|e| format!("database error: {}", crate::db::describe_error(&e)))?
                         .into_iter()
                         .collect(),
                 ),

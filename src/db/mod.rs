@@ -48,6 +48,23 @@ pub enum DbError {
     Migration(String),
 }
 
+/// What a user may be shown of a query error: its kind only. The server's
+/// own text can name tables and constraints, so it goes to the debug log.
+pub fn describe_error(e: &diesel::result::Error) -> &'static str {
+    use diesel::result::{DatabaseErrorKind as K, Error as E};
+    tracing::debug!("database error: {e}");
+    match e {
+        E::DatabaseError(K::UniqueViolation, _) => "a unique constraint was violated",
+        E::DatabaseError(K::ForeignKeyViolation, _) => "a referenced row is missing",
+        E::DatabaseError(K::CheckViolation, _) => "a value was refused by a check constraint",
+        E::DatabaseError(K::NotNullViolation, _) => "a required value was missing",
+        E::DatabaseError(K::SerializationFailure, _) => "a concurrent change conflicted; try again",
+        E::DatabaseError(K::ClosedConnection, _) => "the connection was closed",
+        E::NotFound => "a row was not found",
+        _ => "the database refused the operation (details in the debug log)",
+    }
+}
+
 /// How to reach the database: the validated URL plus the password, if any.
 #[derive(Clone, Debug)]
 pub struct Database {

@@ -54,21 +54,7 @@ pub enum KeyError {
 
 impl From<diesel::result::Error> for KeyError {
     fn from(e: diesel::result::Error) -> Self {
-        use diesel::result::{DatabaseErrorKind as K, Error as E};
-        tracing::debug!("database error in the key domain: {e}");
-        KeyError::Db(
-            match &e {
-                E::DatabaseError(K::UniqueViolation, _) => "a unique constraint was violated",
-                E::DatabaseError(K::ForeignKeyViolation, _) => "a referenced row is missing",
-                E::DatabaseError(K::CheckViolation, _) => "a value was refused by a check constraint",
-                E::DatabaseError(K::NotNullViolation, _) => "a required value was missing",
-                E::DatabaseError(K::SerializationFailure, _) => "a concurrent change conflicted; try again",
-                E::DatabaseError(K::ClosedConnection, _) => "the connection was closed",
-                E::NotFound => "a row was not found",
-                _ => "the database refused the operation (details in the debug log)",
-            }
-            .to_string(),
-        )
+        KeyError::Db(crate::db::describe_error(&e).to_string())
     }
 }
 
