@@ -30,7 +30,7 @@ const EVERY_SECOND: &str = "[jobs.expire-keys]\nschedule = \"* * * * * *\"\n\
     [jobs.revoke-grace]\nenabled = false\n[jobs.notify-expiry]\nenabled = false\n[jobs.purge-audit]\nenabled = false\n";
 
 fn ready_reload_valid_and_invalid_then_stop(backend: Backend) {
-    let Some(db) = TestDb::new(backend) else { return };
+    let db = TestDb::new(backend);
     let notify = NotifySocket::bind(db.path());
     let config = db.write_config(
         "keywarden.toml",
@@ -139,7 +139,7 @@ fn start_blocked_run(db: &TestDb) -> (DbConnection, DbConnection, Daemon) {
 }
 
 fn sigterm_waits_for_the_running_job_and_a_second_process_skips(backend: Backend) {
-    let Some(db) = TestDb::new(backend) else { return };
+    let db = TestDb::new(backend);
     let (mut conn, mut blocker, mut daemon) = start_blocked_run(&db);
 
     daemon.signal("TERM");
@@ -179,7 +179,7 @@ fn sigterm_waits_for_the_running_job_and_a_second_process_skips(backend: Backend
 }
 
 fn a_second_stop_signal_exits_at_once(backend: Backend) {
-    let Some(db) = TestDb::new(backend) else { return };
+    let db = TestDb::new(backend);
     let (_conn, mut blocker, mut daemon) = start_blocked_run(&db);
     daemon.signal("TERM");
     daemon.wait_for_log("received SIGTERM", 5 * SECOND);
@@ -191,7 +191,7 @@ fn a_second_stop_signal_exits_at_once(backend: Backend) {
 }
 
 fn waits_for_an_unreachable_database_without_ready(backend: Backend) {
-    let Some(db) = TestDb::new(backend) else { return };
+    let db = TestDb::new(backend);
     let notify = NotifySocket::bind(db.path());
     let url = match backend {
         // A port nothing listens on, and a directory that does not exist.
@@ -214,31 +214,33 @@ fn waits_for_an_unreachable_database_without_ready(backend: Backend) {
 }
 
 /// Makes sure a journald is listening, starting one when none runs (as
-/// root). `false` means no journald can be had here (outside CI only).
-fn ensure_journald() -> bool {
-    let socket = std::path::Path::new("/run/systemd/journal/socket");
-    if socket.exists() {
-        return true;
+/// root). A socket file left by a journald that died does not count: only a
+/// socket that accepts a connection does.
+fn ensure_journald() {
+    static STARTED: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = STARTED.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = std::path::Path::new("/run/systemd/journal");
+    let alive = || std::os::unix::net::UnixDatagram::unbound().is_ok_and(|s| s.connect(dir.join("socket")).is_ok());
+    if alive() {
+        return;
     }
-    let started = std::fs::create_dir_all("/run/systemd/journal").is_ok()
-        && std::process::Command::new("/lib/systemd/systemd-journald")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .is_ok();
-    if started {
-        for _ in 0..50 {
-            if socket.exists() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(100));
+    for stale in ["socket", "stdout", "dev-log"] {
+        let _ = std::fs::remove_file(dir.join(stale));
+    }
+    std::fs::create_dir_all(dir).expect("create /run/systemd/journal (run the tests as root, or run journald)");
+    // Detached through sh: journald outlives this test process.
+    let started = std::process::Command::new("sh")
+        .args(["-c", "/lib/systemd/systemd-journald >/dev/null 2>&1 &"])
+        .status()
+        .expect("start /lib/systemd/systemd-journald");
+    assert!(started.success(), "could not start /lib/systemd/systemd-journald");
+    for _ in 0..50 {
+        if alive() {
+            return;
         }
+        std::thread::sleep(Duration::from_millis(100));
     }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("journald is not available under CI");
-    }
-    eprintln!("\n*** SKIPPED: journald test, no journald could be started ***\n");
-    false
+    panic!("journald did not start listening on /run/systemd/journal/socket");
 }
 
 fn journal_entries(pid: u32, filter: &str) -> Vec<serde_json::Value> {
@@ -253,10 +255,8 @@ fn journal_entries(pid: u32, filter: &str) -> Vec<serde_json::Value> {
 }
 
 fn journald_receives_structured_fields(backend: Backend) {
-    let Some(db) = TestDb::new(backend) else { return };
-    if !ensure_journald() {
-        return;
-    }
+    let db = TestDb::new(backend);
+    ensure_journald();
     let mut conn = db.conn();
     let owner = add_user(&mut conn, "j@example.com");
     add_key(

@@ -22,7 +22,7 @@ both_backends!(
 );
 
 fn expire_keys_expires_due_keys_once_with_audit_rows(backend: Backend) {
-    let Some(db) = TestDb::new(backend) else { return };
+    let db = TestDb::new(backend);
     let mut conn = db.conn();
     let owner = add_user(&mut conn, "owner@example.com");
     for p in ["sk_live_v2_past1", "sk_live_v2_past2", "sk_live_v2_past3"] {
@@ -103,7 +103,7 @@ fn expire_keys_expires_due_keys_once_with_audit_rows(backend: Backend) {
 }
 
 fn jobs_run_skips_while_another_process_holds_the_lock(backend: Backend) {
-    let Some(db) = TestDb::new(backend) else { return };
+    let db = TestDb::new(backend);
     let mut conn = db.conn();
     let config = db.write_config("k.toml", "");
     match backend {
@@ -171,7 +171,7 @@ fn panicking_job(_ctx: &mut JobContext<'_>) -> Result<JobReport, JobError> {
 }
 
 fn a_panicking_job_is_recorded_as_failed(backend: Backend) {
-    let Some(db) = TestDb::new(backend) else { return };
+    let db = TestDb::new(backend);
     let mut conn = db.conn();
     let config = Config::from_toml(Path::new("t.toml"), &format!("[database]\nurl = \"{}\"\n", db.url)).unwrap();
     // Borrow expire-keys' settings: the runner looks settings up by name.
@@ -212,7 +212,7 @@ fn a_panicking_job_is_recorded_as_failed(backend: Backend) {
 }
 
 fn a_crashed_run_is_closed_as_interrupted_by_the_next(backend: Backend) {
-    let Some(db) = TestDb::new(backend) else { return };
+    let db = TestDb::new(backend);
     let mut conn = db.conn();
     keywarden::jobs::history::record_start(
         &mut conn,
@@ -238,7 +238,7 @@ fn a_crashed_run_is_closed_as_interrupted_by_the_next(backend: Backend) {
 }
 
 fn migrate_is_idempotent_and_status_reports(backend: Backend) {
-    let Some(db) = TestDb::new(backend) else { return };
+    let db = TestDb::new(backend);
     let config = db.write_config("k.toml", "[jobs.expire-keys]\nenabled = false\n");
     // Before migrating, commands other than migrate refuse with a hint.
     let out = keywarden(&config, &["jobs", "list"]);

@@ -88,7 +88,7 @@ fn check_message(raw: &[u8], to: &str, keys: &[(&str, &str, NaiveDateTime)]) -> 
 }
 
 fn each_owner_gets_one_digest_per_window_as_eml_files(backend: Backend) {
-    let Some(db) = TestDb::new(backend) else { return };
+    let db = TestDb::new(backend);
     let mut conn = db.conn();
     let alice = add_user(&mut conn, "alice@example.com");
     let bob = add_user(&mut conn, "bob@example.com");
@@ -201,7 +201,7 @@ fn each_owner_gets_one_digest_per_window_as_eml_files(backend: Backend) {
 }
 
 fn rotation_cancels_and_a_new_expiry_renews(backend: Backend) {
-    let Some(db) = TestDb::new(backend) else { return };
+    let db = TestDb::new(backend);
     let mut conn = db.conn();
     let owner = add_user(&mut conn, "r@example.com");
     let id = add_key(&mut conn, owner, "sk_live_v2_rot", "active", ts(TimeDelta::days(3)));
@@ -267,10 +267,8 @@ fn smtp_config(db: &TestDb, port: u16, extra: &str) -> PathBuf {
 }
 
 fn smtp_delivery_survives_an_outage_and_never_doubles(backend: Backend) {
-    let Some(db) = TestDb::new(backend) else { return };
-    let Some(mut sink) = SmtpSink::start(db.path(), None) else {
-        return;
-    };
+    let db = TestDb::new(backend);
+    let mut sink = SmtpSink::start(db.path(), None);
     let mut conn = db.conn();
     let owner = add_user(&mut conn, "owner@example.com");
     let evil = "<img src=x onerror=alert(1)>\r\nBcc: victim@example.com\r\n\r\nhi";
@@ -341,10 +339,8 @@ fn smtp_delivery_survives_an_outage_and_never_doubles(backend: Backend) {
 }
 
 fn two_processes_on_one_database_send_each_message_once(backend: Backend) {
-    let Some(db) = TestDb::new(backend) else { return };
-    let Some(sink) = SmtpSink::start(db.path(), None) else {
-        return;
-    };
+    let db = TestDb::new(backend);
+    let sink = SmtpSink::start(db.path(), None);
     let mut conn = db.conn();
     for i in 0..20 {
         let owner = add_user(&mut conn, &format!("owner{i}@example.com"));
@@ -457,12 +453,10 @@ fn make_test_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 }
 
 fn starttls_with_a_private_ca(backend: Backend) {
-    let Some(db) = TestDb::new(backend) else { return };
+    let db = TestDb::new(backend);
     let (ca, cert, key) = make_test_pki(db.path());
     // The server wants a login; the password comes from a 0600 file.
-    let Some(sink) = SmtpSink::start_full(db.path(), Some((&cert, &key)), false, Some("s3cret smtp pw")) else {
-        return;
-    };
+    let sink = SmtpSink::start_full(db.path(), Some((&cert, &key)), false, Some("s3cret smtp pw"));
     let pw_file = db.path().join("smtp-password");
     std::fs::write(&pw_file, "s3cret smtp pw\n").unwrap();
     std::fs::set_permissions(&pw_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
@@ -519,9 +513,7 @@ fn starttls_with_a_private_ca(backend: Backend) {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(sink.messages().len(), 1);
     // Implicit TLS (port 465 style) against the same CA.
-    let Some(smtps) = SmtpSink::start_with(db.path(), Some((&cert, &key)), true) else {
-        return;
-    };
+    let smtps = SmtpSink::start_with(db.path(), Some((&cert, &key)), true);
     add_key(
         &mut conn,
         owner,
@@ -556,10 +548,8 @@ fn starttls_with_a_private_ca(backend: Backend) {
 }
 
 fn a_job_failing_repeatedly_alerts_the_admins_once(backend: Backend) {
-    let Some(db) = TestDb::new(backend) else { return };
-    let Some(mut sink) = SmtpSink::start(db.path(), None) else {
-        return;
-    };
+    let db = TestDb::new(backend);
+    let mut sink = SmtpSink::start(db.path(), None);
     let mut conn = db.conn();
     let owner = add_user(&mut conn, "o@example.com");
     add_key(&mut conn, owner, "sk_live_v2_alert", "active", ts(TimeDelta::days(2)));
@@ -607,10 +597,8 @@ fn a_job_failing_repeatedly_alerts_the_admins_once(backend: Backend) {
 }
 
 fn a_failed_notification_can_be_retried_by_hand(backend: Backend) {
-    let Some(db) = TestDb::new(backend) else { return };
-    let Some(mut sink) = SmtpSink::start(db.path(), None) else {
-        return;
-    };
+    let db = TestDb::new(backend);
+    let mut sink = SmtpSink::start(db.path(), None);
     let mut conn = db.conn();
     let owner = add_user(&mut conn, "f@example.com");
     add_key(&mut conn, owner, "sk_live_v2_fail", "active", ts(TimeDelta::days(2)));
