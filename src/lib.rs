@@ -15,6 +15,8 @@
 //! | [`db`] | connections for both backends, schema, embedded migrations, job locks |
 //! | [`jobs`] | the job registry, the run wrapper, one module per job |
 //! | [`keys`] | the API-key domain |
+//! | [`notify`] | expiry emails: outbox, templates, delivery, admin alerts |
+//! | [`perms`] | permission drift: policy, scanner, watcher, safe remediation |
 //!
 //! # Choices that are not obvious
 //!
@@ -38,4 +40,5 @@ pub mod db;
 pub mod jobs;
 pub mod keys;
 pub mod notify;
+pub mod perms;
 pub mod telemetry;

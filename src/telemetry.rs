@@ -139,9 +139,14 @@ pub mod message_ids {
     pub const JOB_FAILED: &str = "40284432ba1443c6b41c84e7e05a335c";
     pub const DATABASE_UNAVAILABLE: &str = "75c71b07458444b6b338ce43fdad4290";
     pub const NOTIFICATION_FAILED: &str = "8d06b44b610f411a86c69c9be1c802e3";
+    pub const PERMISSION_DRIFT: &str = "24006ecc031c46df9279ae9cf1bcb2a4";
+    pub const PERMISSION_REFUSED: &str = "61eded9928594c7a8df2886f2225bfe6";
+    pub const PERMISSION_RESOLVED: &str = "b359150c1e5e43218b2d729c0c023fe0";
+    pub const WATCH_LIMIT: &str = "b52527bd32634afe8509ab4434182466";
+    pub const WATCH_OVERFLOW: &str = "9fc00af662794381b8e486bcc241a446";
 
     /// Every id, for the catalog's test.
-    pub const ALL: [&str; 7] = [
+    pub const ALL: [&str; 12] = [
         STARTED,
         STOPPED,
         RELOAD_APPLIED,
@@ -149,5 +154,10 @@ pub mod message_ids {
         JOB_FAILED,
         DATABASE_UNAVAILABLE,
         NOTIFICATION_FAILED,
+        PERMISSION_DRIFT,
+        PERMISSION_REFUSED,
+        PERMISSION_RESOLVED,
+        WATCH_LIMIT,
+        WATCH_OVERFLOW,
     ];
 }

@@ -181,6 +181,7 @@ fn a_panicking_job_is_recorded_as_failed(backend: Backend) {
         default_schedule: "* * * * *",
         batched: true,
         default_batch_size: 1,
+        per_host: false,
         run: panicking_job,
     };
     let outcome = jobs::execute(

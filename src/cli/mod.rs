@@ -7,6 +7,7 @@
 //! | 0 | success |
 //! | 1 | failure at run time (database unreachable, job failed) |
 //! | 2 | bad command line |
+//! | 3 | `perms scan`: a path violates the permission policy |
 //! | 75 | `jobs run`: skipped, another process holds the job's lock (EX_TEMPFAIL) |
 //! | 78 | bad configuration or unreadable secret (EX_CONFIG) |
 //! | 128+n | the daemon was stopped by a second signal n while waiting for jobs |
@@ -18,6 +19,7 @@ pub mod jobs;
 pub mod keys;
 pub mod migrate;
 pub mod notifications;
+pub mod perms;
 pub mod run;
 pub mod status;
 pub mod users;
@@ -32,6 +34,7 @@ use crate::db::{Database, DbConnection};
 
 pub const EXIT_FAILURE: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
+pub const EXIT_DRIFT: u8 = 3;
 pub const EXIT_TEMPFAIL: u8 = 75;
 pub const EXIT_CONFIG: u8 = 78;
 
@@ -40,6 +43,7 @@ Exit codes:
   0    success
   1    failure at run time (database unreachable, job failed)
   2    bad command line
+  3    perms scan: a path violates the permission policy
   75   jobs run: skipped because another process holds the job's lock
   78   bad configuration or unreadable secret
   128+n  run: stopped by a second signal n while waiting for jobs
@@ -76,6 +80,9 @@ pub enum Command {
     /// The notification outbox
     #[command(subcommand)]
     Notifications(notifications::NotificationsCommand),
+    /// Permission drift: one-shot audit and recorded events
+    #[command(subcommand)]
+    Perms(perms::PermsCommand),
     /// Print a shell completion script
     Completions {
         #[arg(value_enum)]
@@ -105,6 +112,7 @@ impl Command {
                 keys::KeysCommand::List { .. } | keys::KeysCommand::Show { .. } | keys::KeysCommand::Usage { .. }
             ),
             Command::Notifications(c) => matches!(c, notifications::NotificationsCommand::List { .. }),
+            Command::Perms(c) => matches!(c, perms::PermsCommand::Events { .. }),
             Command::Run | Command::Migrate => false,
         }
     }
@@ -141,6 +149,7 @@ pub fn main() -> ExitCode {
         Command::Users(cmd) => users::run(&path, cmd),
         Command::Keys(cmd) => keys::run(&path, cmd),
         Command::Notifications(cmd) => notifications::run(&path, cmd),
+        Command::Perms(cmd) => perms::run(&path, cmd),
         Command::Completions { shell } => docs::completions(shell),
         Command::Manpage => docs::manpage(),
         Command::Status { json } => status::run(&path, json),

@@ -124,6 +124,38 @@ struct Status {
     keys: Option<KeysSummary>,
     /// Outbox rows per status.
     notifications: Option<std::collections::BTreeMap<String, i64>>,
+    permissions: Option<DriftStatus>,
+}
+
+/// Open permission drift, per host, and the most recent events.
+#[derive(Debug, Serialize)]
+struct DriftStatus {
+    roots: Vec<String>,
+    open: Vec<crate::perms::store::Drift>,
+    last_event_at: Option<String>,
+}
+
+fn collect_drift(config: &Config, conn: &mut DbConnection) -> diesel::QueryResult<DriftStatus> {
+    use crate::db::schema::{permission_drift, permission_events};
+    use diesel::prelude::*;
+    let open = permission_drift::table
+        .order((permission_drift::host, permission_drift::path))
+        .limit(1000)
+        .select(crate::perms::store::Drift::as_select())
+        .load(conn)?;
+    let last: Option<NaiveDateTime> = permission_events::table
+        .select(diesel::dsl::max(permission_events::created_at))
+        .first(conn)?;
+    Ok(DriftStatus {
+        roots: config
+            .permissions
+            .roots
+            .iter()
+            .map(|r| r.display().to_string())
+            .collect(),
+        open,
+        last_event_at: last.map(ts),
+    })
 }
 
 #[derive(Debug, Serialize)]
@@ -145,7 +177,8 @@ pub fn run(path: &Path, json: bool) -> ExitCode {
     let collected = (|| -> Result<Status, String> {
         let mut conn = database.connect().map_err(|e| e.to_string())?;
         let pending = migrate::pending(&mut conn).map_err(|e| e.to_string())?;
-        let (jobs, keys, notifications) = if pending.is_empty() {
+        let db_error = |e: diesel::result::Error| format!("database error: {}", crate::db::describe_error(&e));
+        let (jobs, keys, notifications, permissions) = if pending.is_empty() {
             (
                 collect_jobs(&config, &mut conn).map_err(|e| e.to_string())?,
                 Some(summary(&mut conn).map_err(|e| e.to_string())?),
@@ -155,9 +188,10 @@ pub fn run(path: &Path, json: bool) -> ExitCode {
                         .into_iter()
                         .collect(),
                 ),
+                Some(collect_drift(&config, &mut conn).map_err(db_error)?),
             )
         } else {
-            (Vec::new(), None, None)
+            (Vec::new(), None, None, None)
         };
         Ok(Status {
             database: DatabaseStatus {
@@ -168,6 +202,7 @@ pub fn run(path: &Path, json: bool) -> ExitCode {
             jobs,
             keys,
             notifications,
+            permissions,
         })
     })();
     let status = match collected {
@@ -220,6 +255,39 @@ pub fn run(path: &Path, json: bool) -> ExitCode {
         );
         if get("failed") > 0 {
             println!("  failed notifications: keywarden notifications list --status failed");
+        }
+    }
+    if let Some(p) = &status.permissions {
+        println!();
+        println!("Permission drift:");
+        if p.roots.is_empty() {
+            println!("  no permissions.roots configured");
+        } else {
+            println!("  watching {}", p.roots.join(", "));
+        }
+        println!(
+            "  {} open drift(s); last event {}",
+            p.open.len(),
+            p.last_event_at.as_deref().unwrap_or("never")
+        );
+        for d in p.open.iter().take(20) {
+            println!(
+                "  {} {}: found {:04o} uid {} gid {}; expected {}{}",
+                d.host,
+                d.path,
+                d.found_mode,
+                d.found_uid,
+                d.found_gid,
+                d.expected,
+                if d.refused.is_some() {
+                    " (remediation refused)"
+                } else {
+                    ""
+                }
+            );
+        }
+        if p.open.len() > 20 {
+            println!("  … and {} more: keywarden perms events", p.open.len() - 20);
         }
     }
     ExitCode::SUCCESS

@@ -8,6 +8,7 @@
 //! command actually needs the database.
 
 pub mod duration;
+pub mod permissions;
 pub mod schedule;
 pub mod secret;
 
@@ -21,6 +22,7 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 use toml::Spanned;
 
 pub use duration::HumanDuration;
+pub use permissions::PermissionsConfig;
 pub use schedule::Schedule;
 pub use secret::{Secret, SecretError, SecretSource};
 
@@ -705,6 +707,7 @@ pub struct Config {
     pub jobs: BTreeMap<&'static str, JobSettings>,
     pub keys: KeysConfig,
     pub notifications: NotificationsConfig,
+    pub permissions: PermissionsConfig,
 }
 
 /// Secrets the configuration refers to, read at the moment they are needed.
@@ -788,6 +791,7 @@ impl Config {
         let mut database = DatabaseConfig::default();
         let mut keys = KeysConfig::default();
         let mut notifications = NotificationsConfig::default();
+        let mut permissions = PermissionsConfig::default();
         let mut job_sections: BTreeMap<&'static str, JobSection> = BTreeMap::new();
 
         for (key, value) in doc.into_inner() {
@@ -833,6 +837,24 @@ impl Config {
                         notifications = v;
                     }
                 }
+                "permissions" => {
+                    let span = value.span();
+                    if let Some(v) = errors.section::<PermissionsConfig>(value) {
+                        if v.alert_interval.as_duration().as_secs() < 60 {
+                            errors.at(span.clone(), "permissions.alert_interval must be at least 1m".into());
+                        }
+                        if v.fallback_rescan.as_duration().as_secs() < 10 {
+                            errors.at(span.clone(), "permissions.fallback_rescan must be at least 10s".into());
+                        }
+                        if let Err(problems) = crate::perms::Policy::compile(&v) {
+                            for p in problems {
+                                let at = p.rule.and_then(|i| v.rules.get(i)).map(|r| r.span()).unwrap_or(span.clone());
+                                errors.at(at, p.message);
+                            }
+                        }
+                        permissions = v;
+                    }
+                }
                 "jobs" => {
                     let span = value.span();
                     let DeValue::Table(table) = value.into_inner() else {
@@ -860,7 +882,7 @@ impl Config {
                 }
                 other => errors.at(
                     key.span(),
-                    format!("unknown section {other:?}; expected one of: daemon, database, keys, notifications, jobs"),
+                    format!("unknown section {other:?}; expected one of: daemon, database, keys, notifications, permissions, jobs"),
                 ),
             }
         }
@@ -903,6 +925,7 @@ impl Config {
             jobs,
             keys,
             notifications,
+            permissions,
         })
     }
 

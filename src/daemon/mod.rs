@@ -75,6 +75,7 @@ pub async fn run(config_path: PathBuf, config: Config, database: Database, telem
         error!("cannot schedule jobs: {e}");
         return Exit::Failed;
     }
+    state.restart_watcher().await;
     notify::spawn_watchdog(stop.clone());
     notify::ready(&state.status_line());
     info!(

@@ -140,6 +140,11 @@ async fn apply(state: &Arc<DaemonState>, new: Config) -> ReloadOutcome {
     if old.daemon.host_name != new.daemon.host_name {
         changes.push("daemon.host_name changed".to_string());
     }
+    let watch_enabled = |c: &Config| c.job("watch-perms").is_some_and(|s| s.enabled);
+    let restart_watcher = old.permissions != new.permissions || watch_enabled(&old) != watch_enabled(&new);
+    if old.permissions != new.permissions {
+        changes.push("permissions: policy changed; the watcher restarts with a full rescan".to_string());
+    }
     if old.daemon.log_target != new.daemon.log_target {
         warn!("daemon.log_target changed; it takes effect at the next start");
     }
@@ -158,6 +163,9 @@ async fn apply(state: &Arc<DaemonState>, new: Config) -> ReloadOutcome {
         if let Err(e) = state.schedule(state, name, &settings).await {
             error!(job = name, "could not reschedule {name}: {e}");
         }
+    }
+    if restart_watcher {
+        state.restart_watcher().await;
     }
     ReloadOutcome::Applied { changes }
 }

@@ -43,6 +43,8 @@ pub struct DaemonState {
     last_error: Mutex<Option<(&'static str, String)>>,
     pub stop: CancellationToken,
     pub tracker: TaskTracker,
+    /// The permission watcher's own stop token and task, while it runs.
+    watcher: tokio::sync::Mutex<Option<(CancellationToken, tokio::task::JoinHandle<()>)>>,
 }
 
 impl DaemonState {
@@ -71,7 +73,33 @@ impl DaemonState {
             last_error: Mutex::new(None),
             stop,
             tracker,
+            watcher: tokio::sync::Mutex::new(None),
         })
+    }
+
+    /// Stops the permission watcher if it runs, and starts it again when the
+    /// configuration in force enables `watch-perms` and names roots.
+    pub async fn restart_watcher(&self) {
+        let mut slot = self.watcher.lock().await;
+        if let Some((token, handle)) = slot.take() {
+            token.cancel();
+            let _ = handle.await;
+        }
+        let config = self.config();
+        let enabled = config.job("watch-perms").is_some_and(|s| s.enabled);
+        if !enabled || config.permissions.roots.is_empty() || self.stop.is_cancelled() {
+            return;
+        }
+        let token = self.stop.child_token();
+        let database = self.database.clone();
+        let stop = token.clone();
+        let handle = self.tracker.spawn_blocking(move || {
+            let run = std::panic::AssertUnwindSafe(|| crate::perms::watch::run(database, config, stop));
+            if std::panic::catch_unwind(run).is_err() {
+                error!("watch-perms: the watcher panicked; only the scheduled rescans run until the next reload");
+            }
+        });
+        *slot = Some((token, handle));
     }
 
     /// The configuration in force.

@@ -100,3 +100,36 @@ diesel::table! {
         updated_at -> Timestamp,
     }
 }
+
+diesel::table! {
+    permission_drift (id) {
+        id -> BigInt,
+        host -> Text,
+        path -> Text,
+        rules -> Text,
+        expected -> Text,
+        found_mode -> Integer,
+        found_uid -> BigInt,
+        found_gid -> BigInt,
+        fingerprint -> Text,
+        refused -> Nullable<Text>,
+        detected_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    permission_events (id) {
+        id -> BigInt,
+        host -> Text,
+        path -> Text,
+        rules -> Text,
+        expected -> Text,
+        found_mode -> Nullable<Integer>,
+        found_uid -> Nullable<BigInt>,
+        found_gid -> Nullable<BigInt>,
+        action -> Text,
+        detail -> Nullable<Text>,
+        created_at -> Timestamp,
+    }
+}

@@ -17,6 +17,7 @@ pub mod notify_expiry;
 pub mod purge_audit;
 pub mod registry;
 pub mod revoke_grace;
+pub mod watch_perms;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
@@ -155,10 +156,11 @@ pub fn execute(
     let holder = format!("{host}:{}:{run_id}", std::process::id());
     info!(trigger = trigger.as_str(), "job {} started", spec.name);
 
+    let lock_name = spec.lock_name(&host);
     let locked = with_job_lock(
         db,
         &mut conn,
-        spec.name,
+        &lock_name,
         &holder,
         |conn, keeper| -> Result<JobReport, JobError> {
             let started_at = crate::db::now();

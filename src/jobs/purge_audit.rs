@@ -1,4 +1,4 @@
-//! `purge-audit`: audit events and job runs older than the retention are
+//! `purge-audit`: audit events, permission events and job runs older than the retention are
 //! deleted in batches (the retention is never below 90 days).
 
 use super::{JobContext, JobError, JobReport};
@@ -15,8 +15,17 @@ pub fn run(ctx: &mut JobContext<'_>) -> Result<JobReport, JobError> {
         return Ok(events);
     }
     let runs = super::batched(ctx, |ctx| Ok(purge_runs_batch(ctx.conn, cutoff, batch)? as u64))?;
+    if runs.stopped_early {
+        return Ok(JobReport {
+            rows_affected: events.rows_affected + runs.rows_affected,
+            stopped_early: true,
+        });
+    }
+    let drift = super::batched(ctx, |ctx| {
+        Ok(crate::perms::store::purge_events(ctx.conn, cutoff, i64::from(batch))?)
+    })?;
     Ok(JobReport {
-        rows_affected: events.rows_affected + runs.rows_affected,
-        stopped_early: runs.stopped_early,
+        rows_affected: events.rows_affected + runs.rows_affected + drift.rows_affected,
+        stopped_early: drift.stopped_early,
     })
 }

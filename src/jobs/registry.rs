@@ -15,10 +15,22 @@ pub struct JobSpec {
     /// Whether the job changes rows in batches (and so takes `batch_size`).
     pub batched: bool,
     pub default_batch_size: u32,
+    /// Whether the job works on this machine's files rather than shared
+    /// rows: its lock is then taken per host, not across replicas.
+    pub per_host: bool,
     pub run: fn(&mut JobContext<'_>) -> Result<JobReport, JobError>,
 }
 
 impl JobSpec {
+    /// The name the job lock is taken under.
+    pub fn lock_name(&self, host: &str) -> String {
+        if self.per_host {
+            format!("{}@{host}", self.name)
+        } else {
+            self.name.to_string()
+        }
+    }
+
     pub fn default_schedule(&self) -> Schedule {
         // The built-in schedules are checked by a unit test below.
         Schedule::parse(self.default_schedule)
@@ -33,6 +45,7 @@ static JOBS: &[JobSpec] = &[
         default_schedule: "*/5 * * * *",
         batched: true,
         default_batch_size: 1000,
+        per_host: false,
         run: super::expire_keys::run,
     },
     JobSpec {
@@ -41,6 +54,7 @@ static JOBS: &[JobSpec] = &[
         default_schedule: "*/5 * * * *",
         batched: true,
         default_batch_size: 1000,
+        per_host: false,
         run: super::revoke_grace::run,
     },
     JobSpec {
@@ -49,6 +63,7 @@ static JOBS: &[JobSpec] = &[
         default_schedule: "*/15 * * * *",
         batched: false,
         default_batch_size: 500,
+        per_host: false,
         run: super::notify_expiry::run,
     },
     JobSpec {
@@ -57,7 +72,18 @@ static JOBS: &[JobSpec] = &[
         default_schedule: "17 3 * * *",
         batched: true,
         default_batch_size: 5000,
+        per_host: false,
         run: super::purge_audit::run,
+    },
+    JobSpec {
+        name: "watch-perms",
+        description:
+            "full rescan of the permission policy under permissions.roots (the daemon also watches continuously)",
+        default_schedule: "41 * * * *",
+        batched: false,
+        default_batch_size: 1,
+        per_host: true,
+        run: super::watch_perms::run,
     },
 ];
 

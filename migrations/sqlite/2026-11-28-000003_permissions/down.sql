@@ -1,0 +1,2 @@
+DROP TABLE permission_events;
+DROP TABLE permission_drift;

@@ -1,0 +1,68 @@
+//! Permission drift: files under watched roots are held to a policy.
+//!
+//! - [`policy`] compiles `[permissions]` (globs, rules refining each other,
+//!   the global rules) and judges one path's metadata.
+//! - [`scan`] walks the roots (metadata only, a few threads, never following
+//!   a symlink) and lists every violation.
+//! - [`remediate`] puts drift back through an `O_PATH` handle opened with
+//!   `openat2(RESOLVE_NO_SYMLINKS)`, refusing symlinks, hard links and
+//!   unexpected types; [`safe_fs`] holds those system calls.
+//! - [`store`] records drift in `permission_drift` and its history in
+//!   `permission_events`, once when it appears and once when it ends, and
+//!   logs each event to journald; [`digest`] emails the admins at most once
+//!   per interval.
+//! - [`watch`] is the continuous watcher the daemon runs for `watch-perms`;
+//!   the scheduled `watch-perms` job and `keywarden perms scan` use
+//!   [`scan_and_fix`] directly.
+
+pub mod digest;
+pub mod ids;
+pub mod inode;
+pub mod policy;
+pub mod remediate;
+pub mod safe_fs;
+pub mod scan;
+pub mod store;
+pub mod watch;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+pub use policy::Policy;
+pub use remediate::Remedy;
+pub use scan::{ScanReport, Violation};
+
+/// Which violations a scan puts back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fix {
+    /// None: report only.
+    Nothing,
+    /// Those whose rule (or `permissions.remediate`) says so.
+    AsPolicySays,
+    /// All of them (`perms scan --fix`, an admin's explicit request).
+    Everything,
+}
+
+/// Scans `starts`, then remediates as `fix` says. Returns the report and
+/// what each remediation attempt did, by path.
+pub fn scan_and_fix(
+    policy: &Policy,
+    starts: &[PathBuf],
+    threads: usize,
+    fix: Fix,
+    on_dir: &(dyn Fn(&Path) + Sync),
+) -> (ScanReport, HashMap<PathBuf, Remedy>) {
+    let report = scan::scan(policy, starts, threads, on_dir);
+    let mut remedies = HashMap::new();
+    for v in &report.violations {
+        let wanted = match fix {
+            Fix::Nothing => false,
+            Fix::AsPolicySays => v.verdict.remediate,
+            Fix::Everything => true,
+        };
+        if wanted {
+            remedies.insert(v.path.clone(), remediate::remediate(policy, &v.path));
+        }
+    }
+    (report, remedies)
+}

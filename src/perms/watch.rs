@@ -1,0 +1,419 @@
+//! The continuous watcher behind `watch-perms`.
+//!
+//! It adds one non-recursive inotify watch per directory itself, from its
+//! own walk, rather than letting `notify` recurse: the watch on a directory
+//! is then always in place *before* that directory is read, so a file created
+//! in a brand-new directory is either seen by the read or reported by the
+//! watch; the walk never follows a symlink; and when the kernel's watch
+//! limit is hit we know exactly which directories are blind and rescan them
+//! on `permissions.fallback_rescan` instead.
+//!
+//! `notify` cannot tell a chmod from a chown (both are `Metadata(Any)`), so
+//! every event is answered with an `lstat` and a policy check. A queue
+//! overflow (`Flag::Rescan`) triggers a full rescan at once. Events arriving
+//! together are handled as one batch, each path once, in one transaction.
+
+use std::collections::{BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use notify::event::{EventKind, ModifyKind, RemoveKind, RenameMode};
+use notify::{RecursiveMode, Watcher};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use super::inode::{Inode, InodeKind};
+use super::policy::Policy;
+use super::store::{self, Observation};
+use super::{digest, scan, scan_and_fix, Fix};
+use crate::config::Config;
+use crate::db::{Database, DbConnection};
+use crate::telemetry::message_ids;
+
+/// How long a batch keeps collecting after its first event. Short: the
+/// promise is drift recorded within a second, and chmod storms still
+/// coalesce.
+const SETTLE: Duration = Duration::from_millis(10);
+/// How often due digests are looked for.
+const DIGEST_EVERY: Duration = Duration::from_secs(10);
+
+/// The inotify side: watches per directory, and which could not be added.
+struct Watches {
+    watcher: Mutex<notify::RecommendedWatcher>,
+    watched: Mutex<HashSet<PathBuf>>,
+    /// Directories left unwatched by the watch limit.
+    blind: Mutex<BTreeSet<PathBuf>>,
+    limit_reported: AtomicBool,
+}
+
+impl Watches {
+    fn add(&self, dir: &Path) {
+        let mut watched = self.watched.lock().unwrap_or_else(|p| p.into_inner());
+        if watched.contains(dir) {
+            return;
+        }
+        let result = self
+            .watcher
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .watch(dir, RecursiveMode::NonRecursive);
+        match result {
+            Ok(()) => {
+                watched.insert(dir.to_path_buf());
+            }
+            Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => {
+                self.blind
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(dir.to_path_buf());
+                self.report_limit(watched.len());
+            }
+            // Vanished meanwhile, or unreadable: the scan reports it.
+            Err(e) => tracing::debug!("cannot watch {}: {e}", dir.display()),
+        }
+    }
+
+    fn report_limit(&self, watching: usize) {
+        if !self.limit_reported.swap(true, Ordering::SeqCst) {
+            let limit = std::fs::read_to_string("/proc/sys/fs/inotify/max_user_watches")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_else(|_| "?".into());
+            error!(
+                message_id = message_ids::WATCH_LIMIT,
+                watching,
+                "the inotify watch limit (fs.inotify.max_user_watches = {limit}) is reached after {watching} directories; \
+                 the rest are rescanned every permissions.fallback_rescan instead of watched. \
+                 Raise the limit (sysctl fs.inotify.max_user_watches) or narrow permissions.roots"
+            );
+        }
+    }
+
+    /// Forgets `dir` and everything below it (after a delete or a move away).
+    fn forget_under(&self, dir: &Path) {
+        let mut watched = self.watched.lock().unwrap_or_else(|p| p.into_inner());
+        let gone: Vec<PathBuf> = watched.iter().filter(|w| w.starts_with(dir)).cloned().collect();
+        let mut watcher = self.watcher.lock().unwrap_or_else(|p| p.into_inner());
+        for w in gone {
+            let _ = watcher.unwatch(&w);
+            watched.remove(&w);
+        }
+        self.blind
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|b| !b.starts_with(dir));
+    }
+
+    fn is_watched(&self, dir: &Path) -> bool {
+        self.watched.lock().unwrap_or_else(|p| p.into_inner()).contains(dir)
+    }
+}
+
+/// Runs until `stop` is cancelled. Blocking: run it on a thread of its own.
+pub fn run(database: Database, config: Arc<Config>, stop: CancellationToken) {
+    let policy = match Policy::compile(&config.permissions) {
+        Ok(p) => p,
+        Err(errors) => {
+            for e in errors {
+                error!("watch-perms: {e}");
+            }
+            return;
+        }
+    };
+    if policy.roots().is_empty() {
+        return;
+    }
+    let host = config.host_name();
+    let (tx, rx) = mpsc::channel::<notify::Result<notify::Event>>();
+    let watcher = match notify::RecommendedWatcher::new(
+        move |event| {
+            let _ = tx.send(event);
+        },
+        notify::Config::default().with_follow_symlinks(false),
+    ) {
+        Ok(w) => w,
+        Err(e) => {
+            error!("watch-perms: cannot start inotify: {e}; only the scheduled rescans will run");
+            return;
+        }
+    };
+    let watches = Watches {
+        watcher: Mutex::new(watcher),
+        watched: Mutex::new(HashSet::new()),
+        blind: Mutex::new(BTreeSet::new()),
+        limit_reported: AtomicBool::new(false),
+    };
+    let mut session = Session {
+        database,
+        config,
+        policy,
+        host,
+        conn: None,
+        watches,
+        dirty: true,
+    };
+    info!(
+        roots = %session.policy.roots().iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", "),
+        "watch-perms: watching {} root(s)",
+        session.policy.roots().len()
+    );
+    session.full_rescan("start");
+    let mut last_digest = Instant::now() - DIGEST_EVERY;
+    let mut last_fallback = Instant::now();
+    let fallback_every = session.config.permissions.fallback_rescan.as_duration();
+    while !stop.is_cancelled() {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(first) => {
+                let mut batch = vec![first];
+                let until = Instant::now() + SETTLE;
+                while batch.len() < 50_000 {
+                    let left = until.saturating_duration_since(Instant::now());
+                    match rx.recv_timeout(left) {
+                        Ok(e) => batch.push(e),
+                        Err(_) => break,
+                    }
+                }
+                session.handle(batch);
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        if session.dirty {
+            // A database outage left events unrecorded: reconcile from scratch.
+            session.full_rescan("recovery");
+        }
+        let blind: Vec<PathBuf> = session
+            .watches
+            .blind
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        if !blind.is_empty() && last_fallback.elapsed() >= fallback_every {
+            last_fallback = Instant::now();
+            session.partial_scan(&blind, "fallback rescan of unwatched directories");
+        }
+        if last_digest.elapsed() >= DIGEST_EVERY {
+            last_digest = Instant::now();
+            session.digest();
+        }
+    }
+    info!("watch-perms: stopped");
+}
+
+struct Session {
+    database: Database,
+    config: Arc<Config>,
+    policy: Policy,
+    host: String,
+    conn: Option<DbConnection>,
+    watches: Watches,
+    /// Set when something could not be recorded; a full rescan clears it.
+    dirty: bool,
+}
+
+impl Session {
+    fn conn(&mut self) -> Option<&mut DbConnection> {
+        if self.conn.is_none() {
+            match self.database.connect() {
+                Ok(c) => self.conn = Some(c),
+                Err(e) => {
+                    warn!("watch-perms: database unavailable: {e}; drift is recorded once it is back");
+                    self.dirty = true;
+                    return None;
+                }
+            }
+        }
+        self.conn.as_mut()
+    }
+
+    fn full_rescan(&mut self, why: &str) {
+        let roots = self.policy.roots().to_vec();
+        self.partial_scan(&roots, why);
+    }
+
+    /// Scans `starts` (adding watches as it goes), fixes what the policy
+    /// says to fix, and records the result for those subtrees.
+    fn partial_scan(&mut self, starts: &[PathBuf], why: &str) {
+        let began = Instant::now();
+        let watches = &self.watches;
+        // Whole roots get the parallel walk; a new directory is small.
+        let threads = if starts == self.policy.roots() {
+            scan::default_threads()
+        } else {
+            1
+        };
+        let (report, remedies) = scan_and_fix(&self.policy, starts, threads, Fix::AsPolicySays, &|dir| {
+            watches.add(dir)
+        });
+        for (path, e) in &report.errors {
+            warn!(path = %path.display(), "watch-perms: cannot examine {}: {e}", path.display());
+        }
+        let host = self.host.clone();
+        let Some(conn) = self.conn() else { return };
+        match store::reconcile(conn, &host, starts, &report, &remedies, crate::db::now()) {
+            Ok(tally) => {
+                let full = starts == self.policy.roots();
+                if full {
+                    self.dirty = false;
+                }
+                info!(
+                    files = report.files,
+                    directories = report.directories,
+                    drifted = report.violations.len(),
+                    detected = tally.detected,
+                    remediated = tally.remediated,
+                    refused = tally.refused,
+                    resolved = tally.resolved,
+                    duration_ms = began.elapsed().as_millis() as u64,
+                    "watch-perms {why}: {} file(s) in {} director(ies), {} drifted; new events: {} detected, {} remediated, {} refused, {} resolved",
+                    report.files, report.directories, report.violations.len(),
+                    tally.detected, tally.remediated, tally.refused, tally.resolved
+                );
+            }
+            Err(e) => self.lost_connection(&e),
+        }
+    }
+
+    fn lost_connection(&mut self, e: &diesel::result::Error) {
+        warn!("watch-perms: could not record drift: {e}; will reconcile with a full rescan");
+        self.conn = None;
+        self.dirty = true;
+    }
+
+    fn digest(&mut self) {
+        let config = self.config.clone();
+        let host = self.host.clone();
+        let Some(conn) = self.conn() else { return };
+        match digest::enqueue_if_due(conn, &config, &host, crate::db::now()) {
+            Ok(0) => {}
+            Ok(n) => info!("watch-perms: drift digest of {n} event(s) enqueued for the admins"),
+            Err(e) => self.lost_connection(&e),
+        }
+    }
+
+    fn handle(&mut self, batch: Vec<notify::Result<notify::Event>>) {
+        let mut rescan = false;
+        let mut paths: BTreeSet<PathBuf> = BTreeSet::new();
+        let mut departed: Vec<PathBuf> = Vec::new();
+        for item in batch {
+            let event = match item {
+                Ok(e) => e,
+                Err(e) => {
+                    if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) {
+                        let n = self.watches.watched.lock().map(|w| w.len()).unwrap_or(0);
+                        self.watches.report_limit(n);
+                        rescan = true;
+                    } else {
+                        warn!("watch-perms: watcher error: {e}");
+                    }
+                    continue;
+                }
+            };
+            if event.need_rescan() {
+                warn!(
+                    message_id = message_ids::WATCH_OVERFLOW,
+                    "watch-perms: the inotify queue overflowed; events were lost, rescanning everything now"
+                );
+                rescan = true;
+                continue;
+            }
+            match event.kind {
+                // Contents changing or being read say nothing about modes.
+                EventKind::Access(_) | EventKind::Modify(ModifyKind::Data(_)) => continue,
+                EventKind::Remove(RemoveKind::Folder) | EventKind::Modify(ModifyKind::Name(RenameMode::From)) => {
+                    departed.extend(event.paths.iter().cloned());
+                }
+                _ => {}
+            }
+            for p in event.paths {
+                if self.policy.root_of(&p).is_some() && !self.policy.is_skipped(&p) {
+                    paths.insert(p);
+                }
+            }
+        }
+        for d in &departed {
+            if self.watches.is_watched(d) {
+                self.watches.forget_under(d);
+            }
+        }
+        if rescan {
+            self.full_rescan("after overflow");
+            return;
+        }
+        let mut observations = Vec::new();
+        let mut new_dirs = Vec::new();
+        let mut scratch = Vec::new();
+        let mut vanished_dirs = Vec::new();
+        for path in paths {
+            match Inode::lstat(&path) {
+                Ok(found) => {
+                    if found.kind() == InodeKind::Directory && !self.watches.is_watched(&path) {
+                        // New (or moved in): watch it, then read it, so that
+                        // nothing created inside meanwhile is missed.
+                        new_dirs.push(path);
+                        continue;
+                    }
+                    match self.policy.evaluate(&path, &found, &mut scratch) {
+                        Some(verdict) => {
+                            let remedy = verdict
+                                .remediate
+                                .then(|| super::remediate::remediate(&self.policy, &path));
+                            observations.push(Observation::Drift {
+                                path,
+                                found,
+                                verdict,
+                                remedy,
+                            });
+                        }
+                        None => observations.push(Observation::Clean {
+                            path,
+                            found: Some(found),
+                        }),
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    if departed.contains(&path) {
+                        vanished_dirs.push(path.clone());
+                    }
+                    observations.push(Observation::Clean { path, found: None });
+                }
+                Err(e) => warn!("watch-perms: cannot lstat {}: {e}", path.display()),
+            }
+        }
+        let host = self.host.clone();
+        if !observations.is_empty() || !vanished_dirs.is_empty() {
+            let Some(conn) = self.conn() else { return };
+            let result = (|| {
+                // Drift recorded below a directory that went away is over.
+                if !vanished_dirs.is_empty() {
+                    for d in store::open_drift(conn, &host)? {
+                        let p = PathBuf::from(&d.path);
+                        if vanished_dirs.iter().any(|v| p.starts_with(v) && &p != v) {
+                            observations.push(Observation::Clean { path: p, found: None });
+                        }
+                    }
+                }
+                store::record(conn, &host, &observations, crate::db::now())
+            })();
+            if let Err(e) = result {
+                self.lost_connection(&e);
+            }
+        }
+        if !new_dirs.is_empty() {
+            // A parent and its child both new: scanning the parent covers
+            // both (the set is sorted, so parents come first).
+            let mut kept: Vec<PathBuf> = Vec::new();
+            for d in new_dirs {
+                if !kept.iter().any(|k| d.starts_with(k)) {
+                    kept.push(d);
+                }
+            }
+            let new_dirs = kept;
+            self.partial_scan(&new_dirs, "of a new directory");
+        }
+    }
+}
