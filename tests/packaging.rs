@@ -4,10 +4,12 @@ use std::process::Command;
 
 const UNIT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/keywarden.service");
 
-#[test]
-fn the_unit_scores_1_8_or_better_offline() {
+/// The exposure score `systemd-analyze security --offline=true` gives a
+/// unit file, after checking it passes the 1.8 gate.
+fn exposure(unit: &std::path::Path) -> f64 {
     let out = Command::new("systemd-analyze")
-        .args(["security", "--offline=true", "--threshold=18", UNIT])
+        .args(["security", "--offline=true", "--threshold=18"])
+        .arg(unit)
         .output()
         .expect("systemd-analyze (Debian's systemd) is required");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -16,13 +18,53 @@ fn the_unit_scores_1_8_or_better_offline() {
         "exposure above 1.8:\n{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let score: f64 = text
-        .lines()
+    text.lines()
         .find_map(|l| l.split("Overall exposure level for keywarden.service:").nth(1))
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse().ok())
-        .expect("an overall exposure line");
+        .expect("an overall exposure line")
+}
+
+#[test]
+fn the_unit_scores_1_8_or_better_offline() {
+    let score = exposure(std::path::Path::new(UNIT));
     assert!(score <= 1.8, "{score}");
+}
+
+#[test]
+fn the_remediation_drop_in_grants_exactly_three_capabilities_and_scores_1_8_or_better() {
+    let unit = std::fs::read_to_string(UNIT).unwrap();
+    let drop_in = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/packaging/keywarden-remediation.conf"
+    ))
+    .unwrap();
+    let caps = "CAP_CHOWN CAP_FOWNER CAP_DAC_READ_SEARCH";
+    for line in [
+        format!("CapabilityBoundingSet={caps}"),
+        format!("AmbientCapabilities={caps}"),
+        "PrivateUsers=no".to_string(),
+        "SystemCallFilter=@chown".to_string(),
+    ] {
+        assert!(drop_in.lines().any(|l| l == line), "missing: {line}");
+    }
+    // systemd applies a drop-in as if its lines followed the unit's own.
+    let dir = tempfile::tempdir().unwrap();
+    let combined = dir.path().join("keywarden.service");
+    let body = drop_in
+        .lines()
+        .filter(|l| *l != "[Service]")
+        .collect::<Vec<_>>()
+        .join("\n");
+    let merged = unit.replace("\n[Install]\n", &format!("\n{body}\n\n[Install]\n"));
+    assert_ne!(merged, unit);
+    std::fs::write(&combined, merged).unwrap();
+    let with = exposure(&combined);
+    let without = exposure(std::path::Path::new(UNIT));
+    assert!(
+        with <= 1.8 && with > without,
+        "with the drop-in {with}, without {without}"
+    );
 }
 
 #[test]

@@ -396,7 +396,7 @@ fn perms_scan_needs_no_database_and_reports_config_errors() {
 
     std::fs::write(
         &config,
-        "[permissions]\nroots = [\"/nonexistent-kw\"]\n\n[[permissions.rules]]\npaths = [\"x\"]\nmode = 600\n",
+        "[permissions]\nroots = [\"/etc/hostname\"]\n\n[[permissions.rules]]\npaths = [\"x\"]\nmode = 600\n",
     )
     .unwrap();
     let out = keywarden(&config, &["check-config"]);

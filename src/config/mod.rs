@@ -839,7 +839,16 @@ impl Config {
                 }
                 "permissions" => {
                     let span = value.span();
-                    if let Some(v) = errors.section::<PermissionsConfig>(value) {
+                    if let Some(mut v) = errors.section::<PermissionsConfig>(value) {
+                        // Relative roots are relative to this file's directory.
+                        let base = path.parent().unwrap_or(Path::new("."));
+                        for root in &mut v.roots {
+                            if root.is_relative() {
+                                if let Ok(abs) = std::path::absolute(base.join(&*root)) {
+                                    *root = abs;
+                                }
+                            }
+                        }
                         if v.alert_interval.as_duration().as_secs() < 60 {
                             errors.at(span.clone(), "permissions.alert_interval must be at least 1m".into());
                         }
@@ -982,13 +991,19 @@ fn validate_job_section(
     }
 }
 
-/// The kernel's host name (what `uname -n` prints).
+/// The kernel's host name (what `uname -n` prints), through `gethostname`
+/// so it works where /proc/sys is hidden (`ProcSubset=pid` in the unit).
 pub fn system_host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "localhost".to_string())
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is writable and its length is passed.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let len = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    let name = String::from_utf8_lossy(&buf[..len]).trim().to_string();
+    if rc != 0 || name.is_empty() {
+        "localhost".to_string()
+    } else {
+        name
+    }
 }
 
 /// Gathers errors with their places while a file is checked.

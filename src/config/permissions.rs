@@ -191,7 +191,9 @@ pub struct RuleConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PermissionsConfig {
-    /// Directories watched and scanned, recursively, never following symlinks.
+    /// Directories watched and scanned, recursively, never following
+    /// symlinks. A relative path is relative to the configuration file's
+    /// directory.
     #[serde(default)]
     pub roots: Vec<PathBuf>,
     /// Globs never checked (and, for directories, never descended into).

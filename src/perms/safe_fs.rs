@@ -97,9 +97,11 @@ pub fn chmod_handle(fd: &OwnedFd, mode: u32) -> io::Result<()> {
     }
     let err = io::Error::last_os_error();
     match err.raw_os_error() {
-        // Kernels before 6.6: the magic link of our own handle resolves to
-        // the very inode the handle holds, whatever the path now names.
-        Some(libc::ENOSYS) | Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) => {
+        // Kernels before 6.6 (ENOSYS, EINVAL), and seccomp filters older
+        // than the call (systemd 252 answers unknown calls with EPERM): the
+        // magic link of our own handle resolves to the very inode the handle
+        // holds, whatever the path now names.
+        Some(libc::ENOSYS) | Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) | Some(libc::EPERM) => {
             let proc_path = cstring(format!("/proc/self/fd/{}", fd.as_raw_fd()).as_bytes())?;
             // SAFETY: valid NUL-terminated path.
             check(unsafe { libc::chmod(proc_path.as_ptr(), mode as libc::mode_t) }).map(|_| ())
