@@ -21,7 +21,80 @@ both_backends!(
     limits_and_bad_input_get_clear_errors,
     keys_interoperate_with_argon2_cffi,
     purge_audit_keeps_what_is_inside_the_retention,
+    the_example_web_service_issues_and_verifies_keys,
 );
+
+/// One HTTP/1.1 exchange with the example service; returns (status, body).
+fn http(port: u16, request: &str) -> (u16, serde_json::Value) {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let status = answer.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or("null");
+    (status, serde_json::from_str(body).unwrap())
+}
+
+fn the_example_web_service_issues_and_verifies_keys(backend: Backend) {
+    let db = TestDb::new(backend);
+    let mut conn = db.conn();
+    let cfg = db.write_config("k.toml", "");
+    // Examples are built by `cargo test` next to the binaries.
+    let example = std::path::Path::new(BIN).parent().unwrap().join("examples/key_service");
+    let port = free_port();
+    let token = "an-admin-token-for-the-test";
+    let mut child = Command::new(&example)
+        .arg(&cfg)
+        .arg(format!("127.0.0.1:{port}"))
+        .env("KEY_SERVICE_ADMIN_TOKEN", token)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the key_service example");
+    eventually(std::time::Duration::from_secs(30), "the service listens", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let body = r#"{"owner":"app@example.com","name":"ci","scopes":["read:users"]}"#;
+    let post = |auth: &str| {
+        http(
+            port,
+            &format!(
+                "POST /keys HTTP/1.1\r\nauthorization: Bearer {auth}\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+    };
+    assert_eq!(post("wrong-token-wrong-token").0, 401);
+    let (status, issued) = post(token);
+    assert_eq!(status, 201, "{issued}");
+    let key = issued["key"].as_str().unwrap().to_string();
+    let whoami = |k: &str| {
+        http(
+            port,
+            &format!("GET /whoami HTTP/1.1\r\nauthorization: Bearer {k}\r\n\r\n"),
+        )
+    };
+    let (status, me) = whoami(&key);
+    assert_eq!(status, 200, "{me}");
+    assert_eq!(me["scopes"][0], "read:users");
+    let (status, refused) = whoami(&format!("{key}x"));
+    assert_eq!((status, refused["error"].as_str()), (401, Some("invalid key")));
+    let _ = child.kill();
+    let _ = child.wait();
+    // The service wrote to the shared database: usage counted, audit kept.
+    let (prefix, uses): (String, i64) = api_keys::table
+        .select((api_keys::prefix, api_keys::usage_count))
+        .first(&mut conn)
+        .unwrap();
+    assert_eq!(prefix, issued["prefix"].as_str().unwrap());
+    assert_eq!(uses, 1);
+    let failed: i64 = api_key_events::table
+        .filter(api_key_events::event.eq("verify_failed"))
+        .count()
+        .get_result(&mut conn)
+        .unwrap();
+    assert_eq!(failed, 1);
+}
 
 /// Runs the binary with `input` on stdin.
 fn with_stdin(config: &std::path::Path, args: &[&str], input: &[u8]) -> std::process::Output {
