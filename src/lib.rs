@@ -16,6 +16,7 @@
 //! | [`jobs`] | the job registry, the run wrapper, one module per job |
 //! | [`keys`] | the API-key domain |
 //! | [`notify`] | expiry emails: outbox, templates, delivery, admin alerts |
+//! | [`acme`] | certificates: ACME issuance and renewal, monitoring |
 //! | [`perms`] | permission drift: policy, scanner, watcher, safe remediation |
 //!
 //! # Choices that are not obvious
@@ -33,6 +34,7 @@
 //! - **`signal-hook-tokio`** delivers signals as a stream, so reload and stop
 //!   are ordinary `select!` arms in the daemon loop.
 
+pub mod acme;
 pub mod cli;
 pub mod config;
 pub mod daemon;

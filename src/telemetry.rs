@@ -144,9 +144,11 @@ pub mod message_ids {
     pub const PERMISSION_RESOLVED: &str = "b359150c1e5e43218b2d729c0c023fe0";
     pub const WATCH_LIMIT: &str = "b52527bd32634afe8509ab4434182466";
     pub const WATCH_OVERFLOW: &str = "9fc00af662794381b8e486bcc241a446";
+    pub const CERT_RENEWED: &str = "3f1c2a7e9b8d4c61a0e5f7d2b4c6e8a1";
+    pub const CERT_RENEWAL_FAILED: &str = "c7e2d9a14b3f4e8d9a6b5c1d2e3f4a5b";
 
     /// Every id, for the catalog's test.
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 14] = [
         STARTED,
         STOPPED,
         RELOAD_APPLIED,
@@ -159,5 +161,7 @@ pub mod message_ids {
         PERMISSION_RESOLVED,
         WATCH_LIMIT,
         WATCH_OVERFLOW,
+        CERT_RENEWED,
+        CERT_RENEWAL_FAILED,
     ];
 }

@@ -34,7 +34,7 @@ fn ready_reload_valid_and_invalid_then_stop(backend: Backend) {
     let notify = NotifySocket::bind(db.path());
     let config = db.write_config(
         "keywarden.toml",
-        "[jobs.expire-keys]\nenabled = false\n[jobs.revoke-grace]\nenabled = false\n[jobs.purge-audit]\nenabled = false\n[jobs.notify-expiry]\nenabled = false\n[jobs.watch-perms]\nenabled = false\n",
+        "[jobs.expire-keys]\nenabled = false\n[jobs.revoke-grace]\nenabled = false\n[jobs.purge-audit]\nenabled = false\n[jobs.notify-expiry]\nenabled = false\n[jobs.watch-perms]\nenabled = false\n[jobs.renew-certs]\nenabled = false\n",
     );
     let mut daemon = Daemon::start(&config, Some(&notify), &[("WATCHDOG_USEC", "400000")]);
 

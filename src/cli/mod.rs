@@ -13,6 +13,7 @@
 //! | 128+n | the daemon was stopped by a second signal n while waiting for jobs |
 
 mod actor;
+pub mod certs;
 pub mod check_config;
 pub mod docs;
 pub mod jobs;
@@ -80,6 +81,9 @@ pub enum Command {
     /// The notification outbox
     #[command(subcommand)]
     Notifications(notifications::NotificationsCommand),
+    /// Certificates: list, renew over ACME, check
+    #[command(subcommand)]
+    Certs(certs::CertsCommand),
     /// Permission drift: one-shot audit and recorded events
     #[command(subcommand)]
     Perms(perms::PermsCommand),
@@ -113,6 +117,7 @@ impl Command {
             ),
             Command::Notifications(c) => matches!(c, notifications::NotificationsCommand::List { .. }),
             Command::Perms(c) => matches!(c, perms::PermsCommand::Events { .. }),
+            Command::Certs(c) => matches!(c, certs::CertsCommand::List { .. }),
             Command::Run | Command::Migrate => false,
         }
     }
@@ -150,6 +155,7 @@ pub fn main() -> ExitCode {
         Command::Keys(cmd) => keys::run(&path, cmd),
         Command::Notifications(cmd) => notifications::run(&path, cmd),
         Command::Perms(cmd) => perms::run(&path, cmd),
+        Command::Certs(cmd) => certs::run(&path, cmd),
         Command::Completions { shell } => docs::completions(shell),
         Command::Manpage => docs::manpage(),
         Command::Status { json } => status::run(&path, json),

@@ -125,6 +125,7 @@ struct Status {
     /// Outbox rows per status.
     notifications: Option<std::collections::BTreeMap<String, i64>>,
     permissions: Option<DriftStatus>,
+    certificates: Option<Vec<crate::acme::store::CertRow>>,
 }
 
 /// Open permission drift, per host, and the most recent events.
@@ -178,7 +179,7 @@ pub fn run(path: &Path, json: bool) -> ExitCode {
         let mut conn = database.connect().map_err(|e| e.to_string())?;
         let pending = migrate::pending(&mut conn).map_err(|e| e.to_string())?;
         let db_error = |e: diesel::result::Error| format!("database error: {}", crate::db::describe_error(&e));
-        let (jobs, keys, notifications, permissions) = if pending.is_empty() {
+        let (jobs, keys, notifications, permissions, certificates) = if pending.is_empty() {
             (
                 collect_jobs(&config, &mut conn).map_err(|e| e.to_string())?,
                 Some(summary(&mut conn).map_err(|e| e.to_string())?),
@@ -189,9 +190,10 @@ pub fn run(path: &Path, json: bool) -> ExitCode {
                         .collect(),
                 ),
                 Some(collect_drift(&config, &mut conn).map_err(db_error)?),
+                Some(crate::acme::store::list(&mut conn).map_err(db_error)?),
             )
         } else {
-            (Vec::new(), None, None, None)
+            (Vec::new(), None, None, None, None)
         };
         Ok(Status {
             database: DatabaseStatus {
@@ -203,6 +205,7 @@ pub fn run(path: &Path, json: bool) -> ExitCode {
             keys,
             notifications,
             permissions,
+            certificates,
         })
     })();
     let status = match collected {
@@ -288,6 +291,29 @@ pub fn run(path: &Path, json: bool) -> ExitCode {
         }
         if p.open.len() > 20 {
             println!("  … and {} more: keywarden perms events", p.open.len() - 20);
+        }
+    }
+    if let Some(certs) = &status.certificates {
+        println!();
+        println!("Certificates:");
+        if certs.is_empty() {
+            println!("  none configured");
+        }
+        let now = crate::db::now();
+        for c in certs {
+            let left = c
+                .not_after
+                .map(|t| format!("{:.1} days left", (t - now).num_minutes() as f64 / 1440.0))
+                .unwrap_or_else(|| "not issued yet".into());
+            println!(
+                "  {} ({}): {left}{}",
+                c.name,
+                c.kind,
+                c.last_error
+                    .as_ref()
+                    .map(|e| format!("; last error: {}", e.chars().take(120).collect::<String>()))
+                    .unwrap_or_default()
+            );
         }
     }
     ExitCode::SUCCESS

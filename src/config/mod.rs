@@ -7,6 +7,7 @@
 //! [`secret`]); they are read by [`Config::load_secrets`] when the daemon or a
 //! command actually needs the database.
 
+pub mod acme;
 pub mod duration;
 pub mod permissions;
 pub mod schedule;
@@ -708,6 +709,9 @@ pub struct Config {
     pub keys: KeysConfig,
     pub notifications: NotificationsConfig,
     pub permissions: PermissionsConfig,
+    pub acme: Option<acme::AcmeConfig>,
+    pub certificates: Vec<acme::CertificateConfig>,
+    pub monitors: Vec<acme::MonitorConfig>,
 }
 
 /// Secrets the configuration refers to, read at the moment they are needed.
@@ -792,6 +796,10 @@ impl Config {
         let mut keys = KeysConfig::default();
         let mut notifications = NotificationsConfig::default();
         let mut permissions = PermissionsConfig::default();
+        let mut acme_section: Option<acme::AcmeConfig> = None;
+        let mut certificates: Vec<acme::CertificateConfig> = Vec::new();
+        let mut monitors: Vec<acme::MonitorConfig> = Vec::new();
+        let mut cert_span = 0..0;
         let mut job_sections: BTreeMap<&'static str, JobSection> = BTreeMap::new();
 
         for (key, value) in doc.into_inner() {
@@ -864,6 +872,18 @@ impl Config {
                         permissions = v;
                     }
                 }
+                "acme" => {
+                    cert_span = value.span();
+                    acme_section = errors.section::<acme::AcmeConfig>(value);
+                }
+                "certificates" => {
+                    cert_span = value.span();
+                    certificates = errors.section::<Vec<acme::CertificateConfig>>(value).unwrap_or_default();
+                }
+                "monitor" => {
+                    cert_span = value.span();
+                    monitors = errors.section::<Vec<acme::MonitorConfig>>(value).unwrap_or_default();
+                }
                 "jobs" => {
                     let span = value.span();
                     let DeValue::Table(table) = value.into_inner() else {
@@ -891,8 +911,29 @@ impl Config {
                 }
                 other => errors.at(
                     key.span(),
-                    format!("unknown section {other:?}; expected one of: daemon, database, keys, notifications, permissions, jobs"),
+                    format!("unknown section {other:?}; expected one of: daemon, database, keys, notifications, permissions, acme, certificates, monitor, jobs"),
                 ),
+            }
+        }
+
+        for problem in acme::problems(acme_section.as_ref(), &certificates, &monitors) {
+            errors.at(cert_span.clone(), problem);
+        }
+        for c in &certificates {
+            for (spec, what) in [(&c.owner, "user"), (&c.group, "group")] {
+                if let Some(crate::config::permissions::IdSpec::Name(n)) = spec {
+                    let found = if what == "user" {
+                        crate::perms::ids::user_id(n)
+                    } else {
+                        crate::perms::ids::group_id(n)
+                    };
+                    if !matches!(found, Ok(Some(_))) {
+                        errors.at(
+                            cert_span.clone(),
+                            format!("certificate {:?}: no {what} named {n:?}", c.name),
+                        );
+                    }
+                }
             }
         }
 
@@ -935,6 +976,9 @@ impl Config {
             keys,
             notifications,
             permissions,
+            acme: acme_section,
+            certificates,
+            monitors,
         })
     }
 

@@ -133,3 +133,24 @@ diesel::table! {
         created_at -> Timestamp,
     }
 }
+
+diesel::table! {
+    certificates (id) {
+        id -> BigInt,
+        name -> Text,
+        kind -> Text,
+        source -> Text,
+        domains -> Text,
+        serial -> Nullable<Text>,
+        issuer -> Nullable<Text>,
+        not_before -> Nullable<Timestamp>,
+        not_after -> Nullable<Timestamp>,
+        renew_at -> Nullable<Timestamp>,
+        last_attempt_at -> Nullable<Timestamp>,
+        last_success_at -> Nullable<Timestamp>,
+        last_error -> Nullable<Text>,
+        failures -> Integer,
+        next_attempt_at -> Nullable<Timestamp>,
+        updated_at -> Timestamp,
+    }
+}

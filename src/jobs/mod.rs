@@ -16,6 +16,7 @@ pub mod history;
 pub mod notify_expiry;
 pub mod purge_audit;
 pub mod registry;
+pub mod renew_certs;
 pub mod revoke_grace;
 pub mod watch_perms;
 

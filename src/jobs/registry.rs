@@ -76,6 +76,16 @@ static JOBS: &[JobSpec] = &[
         run: super::purge_audit::run,
     },
     JobSpec {
+        name: "renew-certs",
+        description:
+            "certificates are renewed over ACME when due and monitored ones read; admins are warned before any lapses",
+        default_schedule: "*/5 * * * *",
+        batched: false,
+        default_batch_size: 1,
+        per_host: false,
+        run: super::renew_certs::run,
+    },
+    JobSpec {
         name: "watch-perms",
         description:
             "full rescan of the permission policy under permissions.roots (the daemon also watches continuously)",

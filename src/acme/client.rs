@@ -1,0 +1,286 @@
+//! The ACME conversation: the account (created on first use, its
+//! credentials stored 0600 and never logged), and one order from new to
+//! certificate.
+
+use std::os::unix::fs::MetadataExt;
+use std::time::Duration;
+
+use instant_acme::{
+    Account, AccountCredentials, AuthorizationStatus, ChallengeType, ExternalAccountKey, Identifier, NewAccount,
+    NewOrder, OrderStatus, RetryPolicy,
+};
+
+use super::challenge::{AlpnResponder, DnsRecord, HttpResponder, WebrootFile};
+use super::AcmeError;
+use crate::config::acme::{AcmeConfig, CertificateConfig, ChallengeConfig, KeyType};
+
+/// A certificate fresh from the CA, with its new private key.
+pub struct Issued {
+    /// PKCS#8 PEM. Never logged.
+    pub key_pem: zeroize::Zeroizing<String>,
+    pub chain_pem: String,
+}
+
+fn builder(acme: &AcmeConfig) -> Result<instant_acme::AccountBuilder, AcmeError> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match &acme.ca_file {
+        Some(ca) => {
+            Account::builder_with_root(ca).map_err(|e| AcmeError::Config(format!("acme.ca_file {}: {e}", ca.display())))
+        }
+        None => Account::builder().map_err(|e| AcmeError::Protocol(e.to_string())),
+    }
+}
+
+/// The account: loaded from `acme.account_file`, or created (and saved
+/// atomically, 0600) when the file does not exist.
+pub async fn account(acme: &AcmeConfig) -> Result<Account, AcmeError> {
+    let path = &acme.account_file;
+    match std::fs::metadata(path) {
+        Ok(meta) => {
+            if meta.mode() & 0o077 != 0 {
+                return Err(AcmeError::Config(format!(
+                    "{} holds the ACME account key but is readable by others (mode {:04o}); chmod 600 it",
+                    path.display(),
+                    meta.mode() & 0o7777
+                )));
+            }
+            let text = zeroize::Zeroizing::new(
+                std::fs::read_to_string(path).map_err(|e| AcmeError::Io(format!("{}: {e}", path.display())))?,
+            );
+            let creds: AccountCredentials = serde_json::from_str(&text)
+                .map_err(|_| AcmeError::Config(format!("{} is not an account credentials file", path.display())))?;
+            builder(acme)?
+                .from_credentials(creds)
+                .await
+                .map_err(|e| AcmeError::Protocol(format!("loading the account: {e}")))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let contact: Vec<&str> = acme.contact.iter().map(String::as_str).collect();
+            let eab = match &acme.eab {
+                Some(eab) => {
+                    let secret = eab
+                        .hmac_key
+                        .load()
+                        .map_err(|e| AcmeError::Config(format!("acme.eab.hmac_key: {e}")))?;
+                    let key = <base64ct::Base64UrlUnpadded as base64ct::Encoding>::decode_vec(
+                        secret.expose().trim_end_matches('='),
+                    )
+                    .map_err(|_| AcmeError::Config("acme.eab.hmac_key is not base64url".into()))?;
+                    Some(ExternalAccountKey::new(eab.key_id.clone(), &key))
+                }
+                None => None,
+            };
+            let (account, creds) = builder(acme)?
+                .create(
+                    &NewAccount {
+                        contact: &contact,
+                        terms_of_service_agreed: acme.terms_agreed,
+                        only_return_existing: false,
+                    },
+                    acme.directory.clone(),
+                    eab.as_ref(),
+                )
+                .await
+                .map_err(|e| AcmeError::Protocol(format!("creating the account: {e}")))?;
+            let json =
+                zeroize::Zeroizing::new(serde_json::to_string(&creds).map_err(|e| AcmeError::Io(e.to_string()))?);
+            super::install::write_atomically(
+                &super::install::Target {
+                    path,
+                    mode: 0o600,
+                    uid: None,
+                    gid: None,
+                },
+                json.as_bytes(),
+            )
+            .map_err(|e| AcmeError::Io(format!("saving the account to {}: {e}", path.display())))?;
+            tracing::info!(
+                "ACME account created at {} and saved to {}",
+                acme.directory,
+                path.display()
+            );
+            Ok(account)
+        }
+        Err(e) => Err(AcmeError::Io(format!("{}: {e}", path.display()))),
+    }
+}
+
+fn new_key(key_type: KeyType) -> Result<rcgen::KeyPair, AcmeError> {
+    let alg = match key_type {
+        KeyType::EcdsaP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+        KeyType::EcdsaP384 => &rcgen::PKCS_ECDSA_P384_SHA384,
+        KeyType::Rsa2048 | KeyType::Rsa3072 => return super::rsa::generate(key_type),
+    };
+    rcgen::KeyPair::generate_for(alg).map_err(|e| AcmeError::Crypto(e.to_string()))
+}
+
+/// Runs one order for `cert` to its certificate. `replaces` is the ARI id
+/// of the certificate this one succeeds, when the CA offers ARI.
+pub async fn issue(
+    acme: &AcmeConfig,
+    account: &Account,
+    cert: &CertificateConfig,
+    replaces: Option<&str>,
+) -> Result<Issued, AcmeError> {
+    let identifiers: Vec<Identifier> = cert.domains.iter().map(|d| Identifier::Dns(d.clone())).collect();
+    let mut new_order = NewOrder::new(&identifiers);
+    if let Some(profile) = &cert.profile {
+        if !account.profiles().any(|p| p.name == profile) {
+            return Err(AcmeError::Config(format!(
+                "certificate {:?}: the CA does not offer the profile {profile:?}",
+                cert.name
+            )));
+        }
+        new_order = new_order.profile(profile);
+    }
+    let replaced = replaces.and_then(|id| {
+        let (aki, serial) = id.split_once('.')?;
+        Some(instant_acme::CertificateIdentifier {
+            authority_key_identifier: aki.to_string().into(),
+            serial: serial.to_string().into(),
+        })
+    });
+    if let Some(r) = replaced {
+        new_order = new_order.replaces(r);
+    }
+    let mut order = account
+        .new_order(&new_order)
+        .await
+        .map_err(|e| AcmeError::Protocol(format!("new order: {e}")))?;
+
+    // Responders live until the order is done; dropping them cleans up.
+    let mut http: Option<HttpResponder> = None;
+    let mut alpn: Option<AlpnResponder> = None;
+    let mut webroot_files = Vec::new();
+    let mut dns_records = Vec::new();
+    let (wanted, propagation) = match &cert.challenge {
+        ChallengeConfig::Http01 { listen, .. } => {
+            if let Some(addr) = listen {
+                http = Some(HttpResponder::bind(*addr).await?);
+            }
+            (ChallengeType::Http01, None)
+        }
+        ChallengeConfig::Dns01 { propagation, .. } => (ChallengeType::Dns01, *propagation),
+        ChallengeConfig::TlsAlpn01 { listen } => {
+            alpn = Some(AlpnResponder::bind(*listen).await?);
+            (ChallengeType::TlsAlpn01, None)
+        }
+    };
+    let mut ready = Vec::new();
+    {
+        let mut authorizations = order.authorizations();
+        while let Some(next) = authorizations.next().await {
+            let mut authz = next.map_err(|e| AcmeError::Protocol(format!("authorization: {e}")))?;
+            match authz.status {
+                AuthorizationStatus::Valid => continue,
+                AuthorizationStatus::Pending => {}
+                other => {
+                    return Err(AcmeError::Protocol(format!("authorization is {other:?}")));
+                }
+            }
+            let mut challenge = authz
+                .challenge(wanted.clone())
+                .ok_or_else(|| AcmeError::Challenge(format!("the CA offers no {wanted:?} challenge")))?;
+            let domain = match challenge.identifier().identifier {
+                Identifier::Dns(d) => d.clone(),
+                other => return Err(AcmeError::Challenge(format!("unexpected identifier {other:?}"))),
+            };
+            let key_auth = challenge.key_authorization();
+            match &cert.challenge {
+                ChallengeConfig::Http01 { webroot, .. } => {
+                    let token = challenge.token.clone();
+                    match (webroot, &http) {
+                        (Some(root), _) => webroot_files.push(WebrootFile::write(root, &token, key_auth.as_str())?),
+                        (None, Some(server)) => server.add(&token, key_auth.as_str()),
+                        (None, None) => return Err(AcmeError::Config("http-01 without webroot or listen".into())),
+                    }
+                }
+                ChallengeConfig::Dns01 { hook, .. } => {
+                    dns_records.push(DnsRecord::present(
+                        hook,
+                        &domain,
+                        &key_auth.dns_value(),
+                        cert.hook_timeout.as_duration(),
+                    )?);
+                }
+                ChallengeConfig::TlsAlpn01 { .. } => {
+                    if let Some(server) = &alpn {
+                        server.add(&domain, key_auth.digest().as_ref())?;
+                    }
+                }
+            }
+            if let Some(wait) = propagation {
+                tokio::time::sleep(wait.as_duration()).await;
+            }
+            challenge
+                .set_ready()
+                .await
+                .map_err(|e| AcmeError::Protocol(format!("challenge for {domain}: {e}")))?;
+            ready.push(domain);
+        }
+    }
+    let retry = RetryPolicy::new()
+        .initial_delay(Duration::from_millis(250))
+        .timeout(acme.order_timeout.as_duration());
+    let status = order
+        .poll_ready(&retry)
+        .await
+        .map_err(|e| AcmeError::Protocol(format!("waiting for validation: {e}")))?;
+    if status != OrderStatus::Ready {
+        let state = order.state();
+        let detail = state
+            .error
+            .as_ref()
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "see the CA's authorization details".into());
+        return Err(AcmeError::Challenge(format!(
+            "validation failed for {} (order {status:?}): {detail}",
+            ready.join(", ")
+        )));
+    }
+    let key = new_key(cert.key_type)?;
+    let params = rcgen::CertificateParams::new(cert.domains.clone()).map_err(|e| AcmeError::Crypto(e.to_string()))?;
+    let csr = params
+        .serialize_request(&key)
+        .map_err(|e| AcmeError::Crypto(e.to_string()))?;
+    order
+        .finalize_csr(csr.der())
+        .await
+        .map_err(|e| AcmeError::Protocol(format!("finalize: {e}")))?;
+    let chain_pem = order
+        .poll_certificate(&retry)
+        .await
+        .map_err(|e| AcmeError::Protocol(format!("downloading the certificate: {e}")))?;
+    drop((http, alpn, webroot_files, dns_records));
+    Ok(Issued {
+        key_pem: zeroize::Zeroizing::new(key.serialize_pem()),
+        chain_pem,
+    })
+}
+
+/// The CA's suggested renewal window for a certificate, when it offers ARI.
+pub async fn renewal_window(
+    account: &Account,
+    ari_id: &str,
+) -> Result<Option<(chrono::NaiveDateTime, chrono::NaiveDateTime)>, AcmeError> {
+    let Some((aki, serial)) = ari_id.split_once('.') else {
+        return Ok(None);
+    };
+    let id = instant_acme::CertificateIdentifier {
+        authority_key_identifier: aki.to_string().into(),
+        serial: serial.to_string().into(),
+    };
+    match account.renewal_info(&id).await {
+        Ok((info, _retry_after)) => {
+            let conv = |t: time::OffsetDateTime| {
+                chrono::DateTime::from_timestamp(t.unix_timestamp(), 0).map(|d| d.naive_utc())
+            };
+            match (conv(info.suggested_window.start), conv(info.suggested_window.end)) {
+                (Some(s), Some(e)) => Ok(Some((s, e))),
+                _ => Ok(None),
+            }
+        }
+        Err(instant_acme::Error::Unsupported(_)) => Ok(None),
+        Err(e) => Err(AcmeError::Protocol(format!("renewal info: {e}"))),
+    }
+}

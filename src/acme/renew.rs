@@ -1,0 +1,552 @@
+//! One pass over every configured certificate: what `renew-certs` and
+//! `keywarden certs renew|check` run.
+//!
+//! For an issued certificate: read what is installed; issue now when it is
+//! missing or no longer matches its domains or key type; otherwise renew
+//! once its renewal time has come (ARI choice or lifetime rule, fixed once
+//! per serial), unless a failed attempt's back-off has not run out. A
+//! success installs the pair atomically, records it and runs the deploy hook
+//! once; a failure leaves the installed files alone, records the error and
+//! the next attempt, and (near expiry) emails the admins once per window.
+//! For a monitored certificate: read it and email the admins when it
+//! enters a warning window.
+
+use std::path::Path;
+
+use chrono::NaiveDateTime;
+use serde::Serialize;
+use tracing::{error, info, warn};
+
+use super::certinfo::{self, CertInfo};
+use super::client::{self, Issued};
+use super::install::{self, Target};
+use super::store::{self, kind, CertRow};
+use super::{hooks, monitor, timing, AcmeError};
+use crate::config::acme::{CertificateConfig, MonitorConfig};
+use crate::config::permissions::{IdSpec, ModeSpec};
+use crate::config::Config;
+use crate::db::DbConnection;
+use crate::notify::alerts::enqueue_admin_alert;
+use crate::notify::render::AdminAlert;
+
+/// What happened to one certificate in a pass.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "outcome", rename_all = "kebab-case")]
+pub enum Outcome {
+    Renewed {
+        serial: String,
+        not_after: NaiveDateTime,
+    },
+    NotDue {
+        renew_at: NaiveDateTime,
+    },
+    /// A failed attempt's back-off has not run out.
+    Waiting {
+        next_attempt_at: NaiveDateTime,
+        last_error: String,
+    },
+    Failed {
+        error: String,
+    },
+    /// Installed, but its deploy hook failed.
+    DeployFailed {
+        error: String,
+    },
+    Monitored {
+        not_after: NaiveDateTime,
+    },
+    Unreadable {
+        error: String,
+    },
+}
+
+impl Outcome {
+    /// Whether `certs check` counts this as a problem.
+    pub fn is_failing(&self) -> bool {
+        matches!(
+            self,
+            Outcome::Waiting { .. }
+                | Outcome::Failed { .. }
+                | Outcome::DeployFailed { .. }
+                | Outcome::Unreadable { .. }
+        )
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub name: String,
+    pub kind: &'static str,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    /// The certificate in place after the pass, if any.
+    pub not_after: Option<NaiveDateTime>,
+}
+
+/// Whether a pass may contact the CA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Renew what is due.
+    Renew,
+    /// Renew now, due or not (`certs renew NAME --force`).
+    Force,
+    /// Only read and report (`certs check`).
+    CheckOnly,
+}
+
+fn resolve(spec: &Option<IdSpec>, user: bool) -> Result<Option<u32>, String> {
+    match spec {
+        None => Ok(None),
+        Some(IdSpec::Id(i)) => Ok(Some(*i)),
+        Some(IdSpec::Name(n)) => {
+            let found = if user {
+                crate::perms::ids::user_id(n)
+            } else {
+                crate::perms::ids::group_id(n)
+            };
+            match found {
+                Ok(Some(id)) => Ok(Some(id)),
+                _ => Err(format!("no {} named {n:?}", if user { "user" } else { "group" })),
+            }
+        }
+    }
+}
+
+fn exact(mode: ModeSpec) -> u32 {
+    match mode {
+        ModeSpec::Exactly(m) | ModeSpec::AtMost(m) => m,
+    }
+}
+
+/// Why the installed certificate must be replaced now, if it must.
+fn replace_now(cert: &CertificateConfig, installed: &Result<CertInfo, String>) -> Option<String> {
+    match installed {
+        Err(e) => Some(e.clone()),
+        Ok(info) if !info.matches_domains(&cert.domains) => Some(format!(
+            "the installed certificate names {} but the configuration asks for {}",
+            info.domains.join(", "),
+            cert.domains.join(", ")
+        )),
+        Ok(info) if info.key_type != Some(cert.key_type) => Some(format!(
+            "the installed key is {} but the configuration asks for {}",
+            info.key_type.map(|k| k.as_str()).unwrap_or("of another type"),
+            cert.key_type.as_str()
+        )),
+        Ok(_) if !cert.key_file.exists() => Some(format!("{} is missing", cert.key_file.display())),
+        Ok(_) => None,
+    }
+}
+
+fn read_installed(path: &Path) -> Result<CertInfo, String> {
+    match std::fs::read(path) {
+        Ok(pem) => certinfo::parse_pem_leaf(&pem).map_err(|e| format!("{}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(format!("{} does not exist yet", path.display())),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+/// Runs a pass. `only` limits it to one certificate or monitor by name.
+pub fn run_pass(
+    conn: &mut DbConnection,
+    config: &Config,
+    only: Option<&str>,
+    mode: Mode,
+) -> Result<Vec<Report>, AcmeError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| AcmeError::Io(e.to_string()))?;
+    let mut session = Session {
+        conn,
+        config,
+        runtime,
+        account: None,
+    };
+    let mut reports = Vec::new();
+    for cert in config.certificates.iter().filter(|c| only.is_none_or(|n| n == c.name)) {
+        reports.push(session.issued(cert, mode)?);
+    }
+    for m in config.monitors.iter().filter(|m| only.is_none_or(|n| n == m.name)) {
+        reports.push(session.monitored(m)?);
+    }
+    Ok(reports)
+}
+
+struct Session<'a> {
+    conn: &'a mut DbConnection,
+    config: &'a Config,
+    runtime: tokio::runtime::Runtime,
+    account: Option<instant_acme::Account>,
+}
+
+impl Session<'_> {
+    fn account(&mut self) -> Result<instant_acme::Account, AcmeError> {
+        if let Some(a) = &self.account {
+            return Ok(a.clone());
+        }
+        let acme = self
+            .config
+            .acme
+            .as_ref()
+            .ok_or_else(|| AcmeError::Config("no [acme] section".into()))?;
+        let account = self.runtime.block_on(client::account(acme))?;
+        self.account = Some(account.clone());
+        Ok(account)
+    }
+
+    /// When the certificate in place should be renewed, and whether the CA
+    /// speaks ARI (then the new order names the certificate it replaces).
+    fn plan(&mut self, info: &CertInfo) -> (NaiveDateTime, bool) {
+        let lifetime_rule = timing::renew_at(info.not_before, info.not_after, timing::random_unit());
+        let Some(ari_id) = &info.ari_id else {
+            return (lifetime_rule, false);
+        };
+        let window = self
+            .account()
+            .and_then(|account| self.runtime.block_on(client::renewal_window(&account, ari_id)));
+        match window {
+            Ok(Some((start, end))) => (timing::pick_in_window(start, end, timing::random_unit()), true),
+            Ok(None) => (lifetime_rule, false),
+            Err(e) => {
+                warn!("renewal info unavailable ({e}); using the lifetime rule");
+                (lifetime_rule, false)
+            }
+        }
+    }
+
+    fn issued(&mut self, cert: &CertificateConfig, mode: Mode) -> Result<Report, AcmeError> {
+        let now = crate::db::now();
+        let row = store::ensure(
+            self.conn,
+            &cert.name,
+            kind::ISSUED,
+            &cert.cert_file.display().to_string(),
+            now,
+        )?;
+        let installed = read_installed(&cert.cert_file);
+        let reason = replace_now(cert, &installed);
+        let mut ari = false;
+        let report = |outcome: Outcome, not_after: Option<NaiveDateTime>| Report {
+            name: cert.name.clone(),
+            kind: kind::ISSUED,
+            outcome,
+            not_after,
+        };
+        let current_not_after = installed.as_ref().ok().map(|i| i.not_after);
+        // Fix the renewal time once per serial.
+        let mut renew_at = row.renew_at;
+        if let Ok(info) = &installed {
+            if row.serial.as_deref() != Some(info.serial.as_str()) || row.renew_at.is_none() {
+                let (at, has_ari) = if mode == Mode::CheckOnly {
+                    (
+                        timing::renew_at(info.not_before, info.not_after, timing::random_unit()),
+                        false,
+                    )
+                } else {
+                    self.plan(info)
+                };
+                ari = has_ari;
+                renew_at = Some(at);
+                store::record_observed(self.conn, row.id, info, renew_at, now)?;
+            }
+        }
+        if mode == Mode::CheckOnly {
+            let outcome = match (&reason, &row.last_error, row.next_attempt_at) {
+                (_, Some(e), Some(next)) if row.failures > 0 => Outcome::Waiting {
+                    next_attempt_at: next,
+                    last_error: e.clone(),
+                },
+                (_, Some(e), _) => Outcome::DeployFailed { error: e.clone() },
+                (Some(r), _, _) => Outcome::Failed { error: r.clone() },
+                (None, None, _) => Outcome::NotDue {
+                    renew_at: renew_at.unwrap_or(now),
+                },
+            };
+            return Ok(report(outcome, current_not_after));
+        }
+        let due = match (&reason, mode) {
+            (Some(_), _) | (_, Mode::Force) => true,
+            _ => renew_at.is_some_and(|at| now >= at),
+        };
+        if mode != Mode::Force && row.failures > 0 {
+            if let Some(next) = row.next_attempt_at.filter(|n| *n > now) {
+                return Ok(report(
+                    Outcome::Waiting {
+                        next_attempt_at: next,
+                        last_error: row.last_error.clone().unwrap_or_default(),
+                    },
+                    current_not_after,
+                ));
+            }
+        }
+        if !due {
+            return Ok(report(
+                Outcome::NotDue {
+                    renew_at: renew_at.unwrap_or(now),
+                },
+                current_not_after,
+            ));
+        }
+        let why = reason.clone().unwrap_or_else(|| {
+            if mode == Mode::Force {
+                "renewal forced".into()
+            } else {
+                "renewal is due".into()
+            }
+        });
+        info!(cert = %cert.name, "certificate {}: issuing ({why})", cert.name);
+        let replaces = if ari {
+            installed.as_ref().ok().and_then(|i| i.ari_id.clone())
+        } else {
+            None
+        };
+        let mut obtained = self.obtain_and_install(cert, replaces.as_deref());
+        if matches!(&obtained, Err(AcmeError::Protocol(e)) if e.contains("accountDoesNotExist")) {
+            // The CA no longer knows the stored account (a test CA restarted,
+            // a staging reset): set the file aside and register again, once.
+            if let Some(acme) = &self.config.acme {
+                let aside = format!("{}.unknown", acme.account_file.display());
+                warn!(
+                    "the CA does not know the stored ACME account; moving {} to {aside} and registering a new one",
+                    acme.account_file.display()
+                );
+                let _ = std::fs::rename(&acme.account_file, &aside);
+                self.account = None;
+                obtained = self.obtain_and_install(cert, None);
+            }
+        }
+        match obtained {
+            Ok(info) => {
+                let (next_renewal, _) = self.plan(&info);
+                store::record_success(self.conn, row.id, &info, next_renewal, crate::db::now())?;
+                info!(
+                    cert = %cert.name, serial = %info.serial, not_after = %info.not_after, issuer = %info.issuer,
+                    message_id = crate::telemetry::message_ids::CERT_RENEWED,
+                    "certificate {} installed: serial {}, valid until {} UTC", cert.name, info.serial, info.not_after
+                );
+                let deployed = self.deploy(cert);
+                let outcome = match deployed {
+                    Ok(()) => Outcome::Renewed {
+                        serial: info.serial.clone(),
+                        not_after: info.not_after,
+                    },
+                    Err(e) => {
+                        store::record_unreadable(self.conn, row.id, &format!("deploy hook: {e}"), crate::db::now())?;
+                        Outcome::DeployFailed { error: e }
+                    }
+                };
+                Ok(report(outcome, Some(info.not_after)))
+            }
+            Err(e) => {
+                let error = e.to_string();
+                let failures = row.failures.saturating_add(1);
+                let next = crate::db::now() + timing::retry_delay(failures as u32);
+                store::record_failure(self.conn, row.id, &error, failures, next, crate::db::now())?;
+                error!(
+                    cert = %cert.name, error = %error, failures, next_attempt_at = %next,
+                    message_id = crate::telemetry::message_ids::CERT_RENEWAL_FAILED,
+                    "certificate {}: renewal failed ({failures} in a row), next attempt at {next} UTC: {error}", cert.name
+                );
+                self.alert_failing(cert, &row, installed.as_ref().ok(), &error)?;
+                Ok(report(Outcome::Failed { error }, current_not_after))
+            }
+        }
+    }
+
+    fn obtain_and_install(&mut self, cert: &CertificateConfig, replaces: Option<&str>) -> Result<CertInfo, AcmeError> {
+        let acme = self
+            .config
+            .acme
+            .as_ref()
+            .ok_or_else(|| AcmeError::Config("no [acme] section".into()))?;
+        let account = self.account()?;
+        let timeout = acme.order_timeout.as_duration() + std::time::Duration::from_secs(30);
+        let issued: Issued = self
+            .runtime
+            .block_on(async { tokio::time::timeout(timeout, client::issue(acme, &account, cert, replaces)).await })
+            .map_err(|_| AcmeError::Protocol(format!("the order did not complete within {}s", timeout.as_secs())))??;
+        let info = certinfo::parse_pem_leaf(issued.chain_pem.as_bytes()).map_err(AcmeError::Protocol)?;
+        if !info.matches_domains(&cert.domains) {
+            return Err(AcmeError::Protocol(format!(
+                "the CA issued a certificate for {} instead of {}",
+                info.domains.join(", "),
+                cert.domains.join(", ")
+            )));
+        }
+        let uid = resolve(&cert.owner, true).map_err(AcmeError::Config)?;
+        let gid = resolve(&cert.group, false).map_err(AcmeError::Config)?;
+        install::install_pair(
+            &Target {
+                path: &cert.key_file,
+                mode: exact(cert.key_mode),
+                uid,
+                gid,
+            },
+            issued.key_pem.as_bytes(),
+            &Target {
+                path: &cert.cert_file,
+                mode: exact(cert.cert_mode),
+                uid,
+                gid,
+            },
+            issued.chain_pem.as_bytes(),
+        )
+        .map_err(|e| AcmeError::Io(format!("installing {}: {e}", cert.cert_file.display())))?;
+        Ok(info)
+    }
+
+    fn deploy(&self, cert: &CertificateConfig) -> Result<(), String> {
+        if cert.deploy_hook.is_empty() {
+            return Ok(());
+        }
+        let env = [
+            ("KEYWARDEN_CERT_NAME", cert.name.clone()),
+            ("KEYWARDEN_CERT_FILE", cert.cert_file.display().to_string()),
+            ("KEYWARDEN_KEY_FILE", cert.key_file.display().to_string()),
+            ("KEYWARDEN_DOMAINS", cert.domains.join(" ")),
+        ];
+        match hooks::run(&cert.deploy_hook, &env, cert.hook_timeout.as_duration()) {
+            Ok(out) => {
+                info!(cert = %cert.name, "certificate {}: deploy hook ran: {out}", cert.name);
+                Ok(())
+            }
+            Err(e) => {
+                error!(cert = %cert.name, error = %e, "certificate {}: deploy hook failed: {e}", cert.name);
+                Err(e)
+            }
+        }
+    }
+
+    fn alert_failing(
+        &mut self,
+        cert: &CertificateConfig,
+        row: &CertRow,
+        installed: Option<&CertInfo>,
+        error: &str,
+    ) -> Result<(), AcmeError> {
+        let Some(acme) = &self.config.acme else { return Ok(()) };
+        let now = crate::db::now();
+        let (window, generation, left) = match installed {
+            Some(info) => {
+                let left = info.not_after - now;
+                if left > acme.alert_margin.as_time_delta() {
+                    return Ok(());
+                }
+                (window_for(self.config, left), info.serial.clone(), describe_left(left))
+            }
+            None => (
+                "missing".to_string(),
+                "none".to_string(),
+                "no certificate is installed".to_string(),
+            ),
+        };
+        let alert = AdminAlert {
+            title: format!("Certificate {} is failing to renew ({left})", cert.name),
+            lines: vec![
+                format!("Domains: {}", cert.domains.join(", ")),
+                format!("File: {}", cert.cert_file.display()),
+                format!("Failed attempts in a row: {}", row.failures + 1),
+                format!("Last error: {error}"),
+            ],
+            action: Some(format!(
+                "Run `keywarden certs renew {} --force` after fixing the cause; `keywarden certs list` shows the state.",
+                cert.name
+            )),
+        };
+        enqueue_admin_alert(
+            self.conn,
+            &self.config.notifications,
+            crate::notify::kind::CERTIFICATE,
+            &cert.name,
+            &generation,
+            &window,
+            &alert,
+            now,
+        )?;
+        Ok(())
+    }
+
+    fn monitored(&mut self, m: &MonitorConfig) -> Result<Report, AcmeError> {
+        let now = crate::db::now();
+        let row = store::ensure(self.conn, &m.name, kind::MONITORED, &monitor::source(m), now)?;
+        match monitor::read(m) {
+            Ok(info) => {
+                store::record_observed(self.conn, row.id, &info, None, now)?;
+                store::record_checked(self.conn, row.id, now)?;
+                let left = info.not_after - now;
+                let widest = self
+                    .config
+                    .notifications
+                    .sorted_windows()
+                    .first()
+                    .map(|w| w.as_time_delta());
+                if widest.is_some_and(|w| left <= w) || left <= chrono::TimeDelta::zero() {
+                    let window = window_for(self.config, left);
+                    let alert = AdminAlert {
+                        title: format!("Certificate {} {}", m.name, describe_left(left)),
+                        lines: vec![
+                            format!("Source: {}", monitor::source(m)),
+                            format!("Names: {}", info.domains.join(", ")),
+                            format!("Issuer: {}", info.issuer),
+                            format!("Valid until: {} UTC", info.not_after.format("%Y-%m-%d %H:%M")),
+                        ],
+                        action: Some("keywarden does not issue this certificate: renew it where it comes from.".into()),
+                    };
+                    enqueue_admin_alert(
+                        self.conn,
+                        &self.config.notifications,
+                        crate::notify::kind::CERTIFICATE,
+                        &m.name,
+                        &info.serial,
+                        &window,
+                        &alert,
+                        now,
+                    )?;
+                }
+                Ok(Report {
+                    name: m.name.clone(),
+                    kind: kind::MONITORED,
+                    outcome: Outcome::Monitored {
+                        not_after: info.not_after,
+                    },
+                    not_after: Some(info.not_after),
+                })
+            }
+            Err(e) => {
+                store::record_unreadable(self.conn, row.id, &e, now)?;
+                warn!(cert = %m.name, "monitored certificate {} unreadable: {e}", m.name);
+                Ok(Report {
+                    name: m.name.clone(),
+                    kind: kind::MONITORED,
+                    outcome: Outcome::Unreadable { error: e },
+                    not_after: row.not_after,
+                })
+            }
+        }
+    }
+}
+
+/// The tightest warning window `left` is inside ("7d"), or "expired".
+fn window_for(config: &Config, left: chrono::TimeDelta) -> String {
+    if left <= chrono::TimeDelta::zero() {
+        return "expired".into();
+    }
+    config
+        .notifications
+        .sorted_windows()
+        .into_iter()
+        .rev()
+        .find(|w| left <= w.as_time_delta())
+        .map(|w| w.to_string())
+        .unwrap_or_else(|| "margin".into())
+}
+
+fn describe_left(left: chrono::TimeDelta) -> String {
+    if left <= chrono::TimeDelta::zero() {
+        "has expired".into()
+    } else if left.num_days() >= 1 {
+        format!("expires in {} day(s)", left.num_days())
+    } else {
+        format!("expires in {} hour(s)", left.num_hours().max(1))
+    }
+}

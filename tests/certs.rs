@@ -1,0 +1,502 @@
+//! Certificates against a real ACME server (Debian's Pebble with
+//! pebble-challtestsrv as its DNS), real validation, real files, both
+//! databases.
+
+mod support;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use diesel::prelude::*;
+use keywarden::db::schema::{certificates, notifications};
+use support::pebble::{openssl_verify, Options, Pebble};
+use support::*;
+
+both_backends!(
+    http01_listener_issues_a_verified_certificate_and_a_second_run_renews_nothing,
+    webroot_dns01_and_tls_alpn01_all_validate,
+    short_certificates_come_due_by_the_lifetime_rule,
+    with_the_ca_down_the_old_files_stay_retries_back_off_and_admins_hear_once,
+    external_account_binding,
+    monitored_certificates_from_a_file_and_a_live_server,
+);
+
+const QUIET_JOBS: &str = "[jobs.expire-keys]\nenabled = false\n[jobs.revoke-grace]\nenabled = false\n\
+    [jobs.notify-expiry]\nenabled = false\n[jobs.purge-audit]\nenabled = false\n[jobs.watch-perms]\nenabled = false\n";
+
+fn mode_of(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().mode() & 0o7777
+}
+
+fn out_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+struct Site {
+    name: &'static str,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+/// A `[[certificates]]` entry whose deploy hook appends to `deploys.log`.
+fn cert_section(dir: &Path, name: &'static str, domains: &[&str], challenge: &str, extra: &str) -> (String, Site) {
+    let cert = dir.join(format!("tls/{name}/fullchain.pem"));
+    let key = dir.join(format!("tls/{name}/privkey.pem"));
+    let log = dir.join("deploys.log");
+    let domains: Vec<String> = domains.iter().map(|d| format!("\"{d}\"")).collect();
+    (
+        format!(
+            "[[certificates]]\nname = \"{name}\"\ndomains = [{}]\nchallenge = {challenge}\ncert_file = \"{}\"\nkey_file = \"{}\"\n\
+             deploy_hook = [\"/bin/sh\", \"-c\", \"echo \\\"$KEYWARDEN_CERT_NAME $KEYWARDEN_CERT_FILE\\\" >> {}\"]\n{extra}\n",
+            domains.join(", "),
+            cert.display(),
+            key.display(),
+            log.display()
+        ),
+        Site { name, cert, key },
+    )
+}
+
+fn deploys(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("deploys.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+fn serial_of(conn: &mut keywarden::db::DbConnection, name: &str) -> Option<String> {
+    certificates::table
+        .filter(certificates::name.eq(name))
+        .select(certificates::serial)
+        .first(conn)
+        .unwrap()
+}
+
+fn http01_listener_issues_a_verified_certificate_and_a_second_run_renews_nothing(backend: Backend) {
+    let db = TestDb::new(backend);
+    let pebble = Pebble::start(db.path(), Options::default());
+    let (section, site) = cert_section(
+        db.path(),
+        "site",
+        &["site.test", "www.site.test"],
+        &format!("{{ type = \"http-01\", listen = \"127.0.0.1:{}\" }}", pebble.http_port),
+        "",
+    );
+    let account = db.path().join("acme/account.json");
+    let config = db.write_config(
+        "k.toml",
+        &format!("{QUIET_JOBS}{}{section}", pebble.acme_section(&account)),
+    );
+    let mut conn = db.conn();
+    let out = keywarden(&config, &["certs", "renew", "site"]);
+    assert!(out.status.success(), "{}\n{}", out_text(&out), pebble.log());
+    assert!(out_text(&out).contains("renewed"), "{}", out_text(&out));
+
+    // The chain verifies against the CA's root; the key is 0600, the chain
+    // 0644, the account credentials 0600.
+    openssl_verify(db.path(), &site.cert, &pebble.issuing_root()).unwrap();
+    assert_eq!(mode_of(&site.key), 0o600);
+    assert_eq!(mode_of(&site.cert), 0o644);
+    assert_eq!(mode_of(&account), 0o600);
+    let key = std::fs::read_to_string(&site.key).unwrap();
+    assert!(key.starts_with("-----BEGIN PRIVATE KEY-----"));
+    // The hook ran once, told the name and path.
+    assert_eq!(deploys(db.path()), [format!("site {}", site.cert.display())]);
+    let first = serial_of(&mut conn, "site").expect("serial recorded");
+
+    // A second run (command and job) renews nothing and deploys nothing.
+    let out = keywarden(&config, &["certs", "renew", "site"]);
+    assert!(out.status.success(), "{}", out_text(&out));
+    assert!(out_text(&out).contains("renewal due"), "{}", out_text(&out));
+    let out = keywarden(&config, &["jobs", "run", "renew-certs"]);
+    assert!(out.status.success(), "{}", out_text(&out));
+    assert_eq!(deploys(db.path()).len(), 1);
+    assert_eq!(serial_of(&mut conn, "site"), Some(first.clone()));
+
+    // --force renews now; the previous pair is kept beside the new one.
+    let out = keywarden(&config, &["certs", "renew", "site", "--force"]);
+    assert!(out.status.success(), "{}", out_text(&out));
+    assert_ne!(serial_of(&mut conn, "site"), Some(first));
+    assert_eq!(
+        std::fs::read_to_string(site.key.with_extension("pem.prev")).unwrap(),
+        key
+    );
+    assert_eq!(deploys(db.path()).len(), 2);
+
+    // list and check agree.
+    let out = keywarden(&config, &["certs", "list"]);
+    let text = out_text(&out);
+    assert!(
+        text.contains("site.test,www.site.test") && text.contains("Pebble"),
+        "{text}"
+    );
+    assert!(keywarden(&config, &["certs", "check"]).status.success());
+    let status = out_text(&keywarden(&config, &["status"]));
+    assert!(
+        status.contains("Certificates:") && status.contains("site (issued)"),
+        "{status}"
+    );
+    let _ = site.name;
+}
+
+fn webroot_dns01_and_tls_alpn01_all_validate(backend: Backend) {
+    let db = TestDb::new(backend);
+    let pebble = Pebble::start(db.path(), Options::default());
+    // A web server already running, serving the webroot on the port Pebble
+    // validates HTTP-01 on.
+    let webroot = db.path().join("www");
+    std::fs::create_dir_all(&webroot).unwrap();
+    let mut web = std::process::Command::new("/usr/bin/python3")
+        .args(["-m", "http.server", "--bind", "127.0.0.1"])
+        .arg(pebble.http_port.to_string())
+        .arg("--directory")
+        .arg(&webroot)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    eventually(Duration::from_secs(20), "the web server listens", || {
+        std::net::TcpStream::connect(("127.0.0.1", pebble.http_port)).is_ok()
+    });
+    let (a, webroot_site) = cert_section(
+        db.path(),
+        "webroot",
+        &["web.test"],
+        &format!("{{ type = \"http-01\", webroot = \"{}\" }}", webroot.display()),
+        "key_type = \"ecdsa-p384\"",
+    );
+    let (b, dns_site) = cert_section(
+        db.path(),
+        "dns",
+        &["*.wild.test", "wild.test"],
+        &format!("{{ type = \"dns-01\", hook = {} }}", pebble.dns_hook()),
+        "key_type = \"rsa2048\"",
+    );
+    let (c, alpn_site) = cert_section(
+        db.path(),
+        "alpn",
+        &["alpn.test"],
+        &format!(
+            "{{ type = \"tls-alpn-01\", listen = \"127.0.0.1:{}\" }}",
+            pebble.tls_port
+        ),
+        "",
+    );
+    let config = db.write_config(
+        "k.toml",
+        &format!(
+            "{QUIET_JOBS}{}{a}{b}{c}",
+            pebble.acme_section(&db.path().join("account.json"))
+        ),
+    );
+    let mut conn = db.conn();
+    let out = keywarden(&config, &["jobs", "run", "renew-certs"]);
+    let _ = web.kill();
+    let _ = web.wait();
+    assert!(out.status.success(), "{}\n{}", out_text(&out), pebble.log());
+    let root = pebble.issuing_root();
+    for site in [&webroot_site, &dns_site, &alpn_site] {
+        openssl_verify(db.path(), &site.cert, &root).unwrap_or_else(|e| panic!("{}: {e}", site.name));
+        assert_eq!(mode_of(&site.key), 0o600);
+        assert!(serial_of(&mut conn, site.name).is_some(), "{}", site.name);
+    }
+    // The key types asked for.
+    let info = |p: &Path| {
+        keywarden::acme::certinfo::parse_pem_leaf(&std::fs::read(p).unwrap())
+            .unwrap()
+            .key_type
+    };
+    use keywarden::config::acme::KeyType;
+    assert_eq!(info(&webroot_site.cert), Some(KeyType::EcdsaP384));
+    assert_eq!(info(&dns_site.cert), Some(KeyType::Rsa2048));
+    assert_eq!(info(&alpn_site.cert), Some(KeyType::EcdsaP256));
+    // The webroot token was removed afterwards.
+    let left: Vec<_> = std::fs::read_dir(webroot.join(".well-known/acme-challenge"))
+        .unwrap()
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(deploys(db.path()).len(), 3);
+}
+
+fn short_certificates_come_due_by_the_lifetime_rule(backend: Backend) {
+    let db = TestDb::new(backend);
+    let pebble = Pebble::start(
+        db.path(),
+        Options {
+            validity_secs: Some(20),
+            ..Options::default()
+        },
+    );
+    let (section, site) = cert_section(
+        db.path(),
+        "short",
+        &["short.test"],
+        &format!("{{ type = \"http-01\", listen = \"127.0.0.1:{}\" }}", pebble.http_port),
+        "",
+    );
+    let config = db.write_config(
+        "k.toml",
+        &format!(
+            "{QUIET_JOBS}{}{section}",
+            pebble.acme_section(&db.path().join("account.json"))
+        ),
+    );
+    let mut conn = db.conn();
+    assert!(keywarden(&config, &["certs", "renew", "short"]).status.success());
+    let first = serial_of(&mut conn, "short");
+    // Half of a 20-second lifetime: due within about 10 seconds, not before.
+    let out = keywarden(&config, &["certs", "renew", "short"]);
+    assert!(out_text(&out).contains("renewal due"), "{}", out_text(&out));
+    assert_eq!(serial_of(&mut conn, "short"), first);
+    std::thread::sleep(Duration::from_secs(11));
+    let out = keywarden(&config, &["jobs", "run", "renew-certs"]);
+    assert!(out.status.success(), "{}", out_text(&out));
+    assert_ne!(serial_of(&mut conn, "short"), first, "the lifetime rule did not renew");
+    assert_eq!(deploys(db.path()).len(), 2);
+    assert!(site.cert.with_extension("pem.prev").exists());
+}
+
+fn with_the_ca_down_the_old_files_stay_retries_back_off_and_admins_hear_once(backend: Backend) {
+    let db = TestDb::new(backend);
+    let mut pebble = Pebble::start(db.path(), Options::default());
+    let (section, site) = cert_section(
+        db.path(),
+        "site",
+        &["down.test"],
+        &format!("{{ type = \"http-01\", listen = \"127.0.0.1:{}\" }}", pebble.http_port),
+        "",
+    );
+    // A margin longer than Pebble's lifetime: every failure is "near expiry".
+    let acme = pebble
+        .acme_section(&db.path().join("account.json"))
+        .replace("order_timeout", "alert_margin = \"3650d\"\norder_timeout");
+    let config = db.write_config(
+        "k.toml",
+        &format!(
+            "[notifications]\nfile_dir = \"{}\"\nadmin_emails = [\"ops@example.com\"]\n\n{QUIET_JOBS}{acme}{section}",
+            db.path().join("outbox").display()
+        ),
+    );
+    let mut conn = db.conn();
+    assert!(keywarden(&config, &["certs", "renew", "site"]).status.success());
+    let before = (std::fs::read(&site.cert).unwrap(), std::fs::read(&site.key).unwrap());
+    pebble.stop();
+
+    let out = keywarden(&config, &["certs", "renew", "site", "--force"]);
+    assert_eq!(out.status.code(), Some(1), "{}", out_text(&out));
+    assert_eq!(
+        (std::fs::read(&site.cert).unwrap(), std::fs::read(&site.key).unwrap()),
+        before,
+        "a failed renewal touched the installed files"
+    );
+    let (failures, next, error): (i32, Option<chrono::NaiveDateTime>, Option<String>) = certificates::table
+        .filter(certificates::name.eq("site"))
+        .select((
+            certificates::failures,
+            certificates::next_attempt_at,
+            certificates::last_error,
+        ))
+        .first(&mut conn)
+        .unwrap();
+    assert_eq!(failures, 1);
+    let wait = next.unwrap() - keywarden::db::now();
+    assert!(
+        wait > chrono::TimeDelta::seconds(30) && wait <= chrono::TimeDelta::seconds(61),
+        "{wait}"
+    );
+    assert!(error.is_some());
+    // Within the back-off the job does not try again.
+    let out = keywarden(&config, &["jobs", "run", "renew-certs"]);
+    assert!(out.status.success());
+    let failures: i32 = certificates::table
+        .select(certificates::failures)
+        .first(&mut conn)
+        .unwrap();
+    assert_eq!(failures, 1, "retried inside the back-off");
+    // A second failure: the back-off grows; the admins still have one email.
+    let out = keywarden(&config, &["certs", "renew", "site", "--force"]);
+    assert_eq!(out.status.code(), Some(1));
+    let (failures, next): (i32, Option<chrono::NaiveDateTime>) = certificates::table
+        .select((certificates::failures, certificates::next_attempt_at))
+        .first(&mut conn)
+        .unwrap();
+    assert_eq!(failures, 2);
+    assert!(next.unwrap() - keywarden::db::now() > chrono::TimeDelta::minutes(9));
+    let alerts: i64 = notifications::table
+        .filter(notifications::subject_kind.eq("certificate"))
+        .count()
+        .get_result(&mut conn)
+        .unwrap();
+    assert_eq!(alerts, 1, "one email per window, not per attempt");
+    assert!(keywarden(&config, &["certs", "check"]).status.code() == Some(1));
+    // Back up: the next forced attempt succeeds and the streak ends.
+    pebble.resume();
+    assert!(keywarden(&config, &["certs", "renew", "site", "--force"])
+        .status
+        .success());
+    let failures: i32 = certificates::table
+        .select(certificates::failures)
+        .first(&mut conn)
+        .unwrap();
+    assert_eq!(failures, 0);
+}
+
+fn external_account_binding(backend: Backend) {
+    let db = TestDb::new(backend);
+    let _migrated = db.conn();
+    let hmac = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W";
+    let pebble = Pebble::start(
+        db.path(),
+        Options {
+            eab: Some(("kid-1".into(), hmac.into())),
+            ..Options::default()
+        },
+    );
+    let (section, _site) = cert_section(
+        db.path(),
+        "eab",
+        &["eab.test"],
+        &format!("{{ type = \"http-01\", listen = \"127.0.0.1:{}\" }}", pebble.http_port),
+        "",
+    );
+    // Without the binding the CA refuses to make the account.
+    let plain = db.write_config(
+        "plain.toml",
+        &format!(
+            "{QUIET_JOBS}{}{section}",
+            pebble.acme_section(&db.path().join("plain-account.json"))
+        ),
+    );
+    let out = keywarden(&plain, &["certs", "renew", "eab"]);
+    assert_eq!(out.status.code(), Some(1), "{}", out_text(&out));
+    assert!(out_text(&out).to_lowercase().contains("external"), "{}", out_text(&out));
+    // With it (the HMAC key from a 0600 file), it does.
+    let secret = db.path().join("eab-hmac");
+    std::fs::write(&secret, hmac).unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let acme = pebble.acme_section(&db.path().join("account.json"));
+    let config = db.write_config(
+        "k.toml",
+        &format!(
+            "{QUIET_JOBS}{acme}\n[acme.eab]\nkey_id = \"kid-1\"\nhmac_key = {{ file = \"{}\" }}\n\n{section}",
+            secret.display()
+        ),
+    );
+    // (--force: the failed attempt above started a back-off.)
+    let out = keywarden(&config, &["certs", "renew", "eab", "--force"]);
+    assert!(out.status.success(), "{}\n{}", out_text(&out), pebble.log());
+    assert!(!out_text(&out).contains(hmac), "the HMAC key was printed");
+}
+
+fn monitored_certificates_from_a_file_and_a_live_server(backend: Backend) {
+    let db = TestDb::new(backend);
+    let pki = db.path().join("pki");
+    std::fs::create_dir_all(&pki).unwrap();
+    // A leaf valid for two days: inside every default warning window.
+    let (_ca, leaf, key) = make_test_pki(&pki);
+    let port = free_port();
+    let mut server = std::process::Command::new("openssl")
+        .args(["s_server", "-quiet", "-accept"])
+        .arg(port.to_string())
+        .arg("-cert")
+        .arg(&leaf)
+        .arg("-key")
+        .arg(&key)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    eventually(Duration::from_secs(20), "openssl s_server listens", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let config = db.write_config(
+        "k.toml",
+        &format!(
+            "[notifications]\nfile_dir = \"{}\"\nadmin_emails = [\"ops@example.com\"]\n\n{QUIET_JOBS}\
+             [[monitor]]\nname = \"file\"\nfile = \"{}\"\n\n[[monitor]]\nname = \"live\"\naddress = \"127.0.0.1:{port}\"\nserver_name = \"localhost\"\n\n\
+             [[monitor]]\nname = \"gone\"\nfile = \"{}\"\n",
+            db.path().join("outbox").display(),
+            leaf.display(),
+            db.path().join("missing.pem").display()
+        ),
+    );
+    let mut conn = db.conn();
+    let out = keywarden(&config, &["jobs", "run", "renew-certs"]);
+    assert!(out.status.success(), "{}", out_text(&out));
+    let rows: Vec<(String, Option<String>, Option<String>)> = certificates::table
+        .order(certificates::name)
+        .select((
+            certificates::name,
+            certificates::domains.nullable(),
+            certificates::last_error,
+        ))
+        .load(&mut conn)
+        .unwrap();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[1].0, "gone");
+    assert!(rows[1].2.is_some());
+    assert_eq!(rows[2].1.as_deref(), Some("localhost"), "{rows:?}");
+    // Both readable certificates are inside the 7-day window: one alert
+    // each, and a second run adds none.
+    let alerts = |conn: &mut keywarden::db::DbConnection| -> Vec<(String, String)> {
+        notifications::table
+            .filter(notifications::subject_kind.eq("certificate"))
+            .order(notifications::subject_id)
+            .select((notifications::subject_id, notifications::notice_window))
+            .load(conn)
+            .unwrap()
+    };
+    let first = alerts(&mut conn);
+    assert_eq!(
+        first,
+        [
+            ("file:ops@example.com".to_string(), "7d".to_string()),
+            ("live:ops@example.com".to_string(), "7d".to_string())
+        ]
+    );
+    assert!(keywarden(&config, &["jobs", "run", "renew-certs"]).status.success());
+    assert_eq!(alerts(&mut conn), first);
+    // check: the unreadable one makes it fail.
+    let out = keywarden(&config, &["certs", "check"]);
+    assert_eq!(out.status.code(), Some(1), "{}", out_text(&out));
+    assert!(out_text(&out).contains("gone (monitored)"), "{}", out_text(&out));
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+#[test]
+fn certificate_configuration_mistakes_are_reported_with_their_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("k.toml");
+    std::fs::write(
+        &config,
+        "[acme]\ndirectory = \"http://acme.example/dir\"\n\n[[certificates]]\nname = \"a\"\ndomains = [\"*.x.test\", \"bad domain\"]\n\
+         challenge = { type = \"http-01\", webroot = \"/var/www\", listen = \"127.0.0.1:80\" }\ncert_file = \"/etc/ssl/a.pem\"\nkey_file = \"/etc/ssl/a.pem\"\nkey_mode = \"0644\"\n",
+    )
+    .unwrap();
+    let out = keywarden(&config, &["check-config"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    for expected in [
+        "acme.directory must be an https:// URL",
+        "acme.terms_agreed must be true",
+        "the wildcard *.x.test can only be validated with dns-01",
+        "\"bad domain\" is not a domain name",
+        "http-01 needs exactly one of `webroot` or `listen`",
+        "cert_file and key_file must be two different absolute paths",
+        "key_mode 0644 would let everyone read the private key",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+    assert!(
+        err.lines().all(|l| l.starts_with(&format!("{}:", config.display()))),
+        "{err}"
+    );
+}
