@@ -28,6 +28,7 @@ use crate::config::Config;
 use crate::db::DbConnection;
 use crate::notify::alerts::enqueue_admin_alert;
 use crate::notify::render::AdminAlert;
+use crate::perms::ids;
 
 /// What happened to one certificate in a pass.
 #[derive(Debug, Clone, Serialize)]
@@ -92,24 +93,6 @@ pub enum Mode {
     Force,
     /// Only read and report (`certs check`).
     CheckOnly,
-}
-
-fn resolve(spec: &Option<IdSpec>, user: bool) -> Result<Option<u32>, String> {
-    match spec {
-        None => Ok(None),
-        Some(IdSpec::Id(i)) => Ok(Some(*i)),
-        Some(IdSpec::Name(n)) => {
-            let found = if user {
-                crate::perms::ids::user_id(n)
-            } else {
-                crate::perms::ids::group_id(n)
-            };
-            match found {
-                Ok(Some(id)) => Ok(Some(id)),
-                _ => Err(format!("no {} named {n:?}", if user { "user" } else { "group" })),
-            }
-        }
-    }
 }
 
 fn exact(mode: ModeSpec) -> u32 {
@@ -373,8 +356,9 @@ impl Session<'_> {
                 cert.domains.join(", ")
             )));
         }
-        let uid = resolve(&cert.owner, true).map_err(AcmeError::Config)?;
-        let gid = resolve(&cert.group, false).map_err(AcmeError::Config)?;
+        let id = |spec: &Option<IdSpec>, kind| spec.as_ref().map(|s| ids::resolve(s, kind)).transpose();
+        let uid = id(&cert.owner, ids::IdKind::User).map_err(AcmeError::Config)?;
+        let gid = id(&cert.group, ids::IdKind::Group).map_err(AcmeError::Config)?;
         install::install_pair(
             &Target {
                 path: &cert.key_file,

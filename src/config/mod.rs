@@ -920,19 +920,10 @@ impl Config {
             errors.at(cert_span.clone(), problem);
         }
         for c in &certificates {
-            for (spec, what) in [(&c.owner, "user"), (&c.group, "group")] {
-                if let Some(crate::config::permissions::IdSpec::Name(n)) = spec {
-                    let found = if what == "user" {
-                        crate::perms::ids::user_id(n)
-                    } else {
-                        crate::perms::ids::group_id(n)
-                    };
-                    if !matches!(found, Ok(Some(_))) {
-                        errors.at(
-                            cert_span.clone(),
-                            format!("certificate {:?}: no {what} named {n:?}", c.name),
-                        );
-                    }
+            use crate::perms::ids::{resolve, IdKind};
+            for (spec, kind) in [(&c.owner, IdKind::User), (&c.group, IdKind::Group)] {
+                if let Some(Err(e)) = spec.as_ref().map(|s| resolve(s, kind)) {
+                    errors.at(cert_span.clone(), format!("certificate {:?}: {e}", c.name));
                 }
             }
         }

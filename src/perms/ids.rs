@@ -4,6 +4,38 @@
 use std::ffi::CString;
 use std::io;
 
+use crate::config::permissions::IdSpec;
+
+/// Whether an id names a user or a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdKind {
+    User,
+    Group,
+}
+
+/// The numeric id a configured user or group stands for; the error says
+/// which name is unknown.
+pub fn resolve(spec: &IdSpec, kind: IdKind) -> Result<u32, String> {
+    let what = match kind {
+        IdKind::User => "user",
+        IdKind::Group => "group",
+    };
+    match spec {
+        IdSpec::Id(id) => Ok(*id),
+        IdSpec::Name(name) => {
+            let found = match kind {
+                IdKind::User => user_id(name),
+                IdKind::Group => group_id(name),
+            };
+            match found {
+                Ok(Some(id)) => Ok(id),
+                Ok(None) => Err(format!("no {what} named {name:?} on this machine")),
+                Err(e) => Err(format!("looking up {what} {name:?} failed: {e}")),
+            }
+        }
+    }
+}
+
 /// The uid of a user name; `None` when there is no such user.
 pub fn user_id(name: &str) -> io::Result<Option<u32>> {
     let cname = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;

@@ -161,22 +161,8 @@ fn expand(pattern: &str, roots: &[PathBuf]) -> Result<Vec<String>, String> {
         .collect())
 }
 
-fn resolve(spec: &IdSpec, what: &str) -> Result<(u32, String), String> {
-    match spec {
-        IdSpec::Id(id) => Ok((*id, id.to_string())),
-        IdSpec::Name(name) => {
-            let found = if what == "user" {
-                ids::user_id(name)
-            } else {
-                ids::group_id(name)
-            };
-            match found {
-                Ok(Some(id)) => Ok((id, name.clone())),
-                Ok(None) => Err(format!("no {what} named {name:?} on this machine")),
-                Err(e) => Err(format!("looking up {what} {name:?} failed: {e}")),
-            }
-        }
-    }
+fn resolve(spec: &IdSpec, kind: ids::IdKind) -> Result<(u32, String), String> {
+    ids::resolve(spec, kind).map(|id| (id, spec.to_string()))
 }
 
 impl Policy {
@@ -271,8 +257,8 @@ impl Policy {
                     }
                 }
             }
-            let owner = rc.owner.as_ref().map(|o| resolve(o, "user"));
-            let group = rc.group.as_ref().map(|g| resolve(g, "group"));
+            let owner = rc.owner.as_ref().map(|o| resolve(o, ids::IdKind::User));
+            let group = rc.group.as_ref().map(|g| resolve(g, ids::IdKind::Group));
             let owner = match owner {
                 Some(Err(e)) => {
                     problem(e);

@@ -17,6 +17,8 @@ pub struct Options {
     pub validity_secs: Option<u64>,
     /// Require External Account Binding with this (kid, base64url HMAC key).
     pub eab: Option<(String, String)>,
+    /// `PEBBLE_VA_ALWAYS_VALID=1`: every challenge passes without a check.
+    pub always_valid: bool,
 }
 
 pub struct Pebble {
@@ -24,6 +26,7 @@ pub struct Pebble {
     challtestsrv: Child,
     dir: PathBuf,
     config: PathBuf,
+    always_valid: bool,
     pub directory: String,
     /// The CA of Pebble's own HTTPS listener (for `acme.ca_file`).
     pub https_ca: PathBuf,
@@ -104,6 +107,7 @@ impl Pebble {
             challtestsrv,
             dir: dir.clone(),
             config,
+            always_valid: options.always_valid,
             directory: format!("https://127.0.0.1:{listen}/dir"),
             https_ca: ca,
             http_port,
@@ -127,6 +131,7 @@ impl Pebble {
             .arg(format!("127.0.0.1:{}", self.dns_port))
             .env("PEBBLE_VA_NOSLEEP", "1")
             .env("PEBBLE_WFE_NONCEREJECT", "0")
+            .env("PEBBLE_VA_ALWAYS_VALID", if self.always_valid { "1" } else { "0" })
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
