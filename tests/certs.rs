@@ -94,9 +94,41 @@ fn http01_listener_issues_a_verified_certificate_and_a_second_run_renews_nothing
         &format!("{QUIET_JOBS}{}{section}", pebble.acme_section(&account)),
     );
     let mut conn = db.conn();
+    // Watch the key's directory while it is written: every file that
+    // appears there (the temporary one included) is looked at as soon as
+    // inotify reports it, and no key file may ever be seen with more than
+    // 0600.
+    let tls_dir = site.key.parent().unwrap().to_path_buf();
+    std::fs::create_dir_all(&tls_dir).unwrap();
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<(String, u32)>>> = Default::default();
+    let sink = seen.clone();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event {
+            for p in event.paths {
+                if let Ok(m) = std::fs::symlink_metadata(&p) {
+                    let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                    sink.lock().unwrap().push((name, m.mode() & 0o7777));
+                }
+            }
+        }
+    })
+    .unwrap();
+    notify::Watcher::watch(&mut watcher, &tls_dir, notify::RecursiveMode::NonRecursive).unwrap();
     let out = keywarden(&config, &["certs", "renew", "site"]);
     assert!(out.status.success(), "{}\n{}", out_text(&out), pebble.log());
     assert!(out_text(&out).contains("renewed"), "{}", out_text(&out));
+    std::thread::sleep(Duration::from_millis(200));
+    drop(watcher);
+    let seen = seen.lock().unwrap().clone();
+    let keys: Vec<&(String, u32)> = seen.iter().filter(|(n, _)| n.contains("privkey")).collect();
+    assert!(
+        keys.iter().any(|(n, _)| n.ends_with(".tmp")),
+        "the temporary key file was never seen: {seen:?}"
+    );
+    assert!(
+        keys.iter().all(|(_, m)| m & !0o600 == 0),
+        "a key file was seen wider than 0600: {keys:?}"
+    );
 
     // The chain verifies against the CA's root; the key is 0600, the chain
     // 0644, the account credentials 0600.
