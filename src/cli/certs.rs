@@ -83,11 +83,7 @@ pub fn run(path: &Path, cmd: CertsCommand) -> ExitCode {
             match run_pass(&mut conn, &config, Some(&name), mode) {
                 Ok(reports) => {
                     print_reports(&reports);
-                    if reports.iter().any(|r| r.outcome.is_failing()) {
-                        ExitCode::from(EXIT_FAILURE)
-                    } else {
-                        ExitCode::SUCCESS
-                    }
+                    exit_for(&reports)
                 }
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -102,21 +98,26 @@ pub fn run(path: &Path, cmd: CertsCommand) -> ExitCode {
                 } else {
                     print_reports(&reports);
                 }
-                let now = crate::db::now();
-                let bad = reports
-                    .iter()
-                    .any(|r| r.outcome.is_failing() || r.not_after.is_some_and(|t| t <= now));
-                if bad {
-                    ExitCode::from(EXIT_FAILURE)
-                } else {
-                    ExitCode::SUCCESS
-                }
+                exit_for(&reports)
             }
             Err(e) => {
                 eprintln!("error: {e}");
                 ExitCode::from(EXIT_FAILURE)
             }
         },
+    }
+}
+
+/// 1 when a certificate is failing or expired, else 0.
+fn exit_for(reports: &[Report]) -> ExitCode {
+    let now = crate::db::now();
+    let bad = reports
+        .iter()
+        .any(|r| r.outcome.is_failing() || r.not_after.is_some_and(|t| t <= now));
+    if bad {
+        ExitCode::from(EXIT_FAILURE)
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

@@ -145,6 +145,19 @@ async fn apply(state: &Arc<DaemonState>, new: Config) -> ReloadOutcome {
     if old.permissions != new.permissions {
         changes.push("permissions: policy changed; the watcher restarts with a full rescan".to_string());
     }
+    if old.acme != new.acme || old.certificates != new.certificates || old.monitors != new.monitors {
+        changes.push(format!(
+            "certificates: {} issued and {} monitored now configured; the next renew-certs run uses them",
+            new.certificates.len(),
+            new.monitors.len()
+        ));
+    }
+    if old.notifications != new.notifications {
+        changes.push("notifications changed; the next notify-expiry run uses them".to_string());
+    }
+    if old.keys != new.keys {
+        changes.push("keys settings changed".to_string());
+    }
     if old.daemon.log_target != new.daemon.log_target {
         warn!("daemon.log_target changed; it takes effect at the next start");
     }

@@ -36,18 +36,30 @@ pub fn resolve(spec: &IdSpec, kind: IdKind) -> Result<u32, String> {
     }
 }
 
-/// The uid of a user name; `None` when there is no such user.
-pub fn user_id(name: &str) -> io::Result<Option<u32>> {
+/// One reentrant NSS lookup (`getpwnam_r` or `getgrnam_r`), growing the
+/// buffer while the libc asks for more room.
+fn lookup<T>(
+    name: &str,
+    call: unsafe extern "C" fn(
+        *const libc::c_char,
+        *mut T,
+        *mut libc::c_char,
+        libc::size_t,
+        *mut *mut T,
+    ) -> libc::c_int,
+    id_of: impl Fn(&T) -> u32,
+) -> io::Result<Option<u32>> {
     let cname = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     let mut buf = vec![0u8; 4096];
     loop {
-        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        // SAFETY: passwd and group are plain C structs; all-zero is valid.
+        let mut entry: T = unsafe { std::mem::zeroed() };
+        let mut result: *mut T = std::ptr::null_mut();
         // SAFETY: every pointer refers to live, correctly sized storage.
         let rc = unsafe {
-            libc::getpwnam_r(
+            call(
                 cname.as_ptr(),
-                &mut pwd,
+                &mut entry,
                 buf.as_mut_ptr().cast(),
                 buf.len(),
                 &mut result,
@@ -60,36 +72,18 @@ pub fn user_id(name: &str) -> io::Result<Option<u32>> {
         if rc != 0 {
             return Err(io::Error::from_raw_os_error(rc));
         }
-        return Ok((!result.is_null()).then_some(pwd.pw_uid));
+        return Ok((!result.is_null()).then(|| id_of(&entry)));
     }
+}
+
+/// The uid of a user name; `None` when there is no such user.
+pub fn user_id(name: &str) -> io::Result<Option<u32>> {
+    lookup(name, libc::getpwnam_r, |p: &libc::passwd| p.pw_uid)
 }
 
 /// The gid of a group name; `None` when there is no such group.
 pub fn group_id(name: &str) -> io::Result<Option<u32>> {
-    let cname = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    let mut buf = vec![0u8; 4096];
-    loop {
-        let mut grp: libc::group = unsafe { std::mem::zeroed() };
-        let mut result: *mut libc::group = std::ptr::null_mut();
-        // SAFETY: every pointer refers to live, correctly sized storage.
-        let rc = unsafe {
-            libc::getgrnam_r(
-                cname.as_ptr(),
-                &mut grp,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                &mut result,
-            )
-        };
-        if rc == libc::ERANGE && buf.len() < 1 << 20 {
-            buf.resize(buf.len() * 4, 0);
-            continue;
-        }
-        if rc != 0 {
-            return Err(io::Error::from_raw_os_error(rc));
-        }
-        return Ok((!result.is_null()).then_some(grp.gr_gid));
-    }
+    lookup(name, libc::getgrnam_r, |g: &libc::group| g.gr_gid)
 }
 
 #[cfg(test)]
