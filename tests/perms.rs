@@ -19,7 +19,53 @@ both_backends!(
     a_file_in_a_just_created_directory_is_caught,
     an_overflow_leads_to_a_rescan_that_finds_everything,
     rescans_record_once_resolve_and_digest_for_admins,
+    past_the_inotify_watch_limit_unwatched_directories_are_rescanned,
 );
+
+fn past_the_inotify_watch_limit_unwatched_directories_are_rescanned(backend: Backend) {
+    let db = TestDb::new(backend);
+    let root = app_root(db.path());
+    let secrets: Vec<PathBuf> = (0..12).map(|i| root.join(format!("svc{i}/.env"))).collect();
+    for s in &secrets {
+        write(s, 0o600);
+    }
+    let mut conn = db.conn();
+    let config = db.write_config(
+        "keywarden.toml",
+        &format!(
+            "{QUIET_JOBS}{}",
+            policy(&root, false).replace("roots = [", "fallback_rescan = \"10s\"\nroots = [")
+        ),
+    );
+    // A user namespace of its own, whose inotify limit (Linux 5.11+) is 5
+    // watches: the tree has 15 directories.
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["--user", "--map-root-user", "sh", "-c"]).arg(format!(
+        "echo 5 > /proc/sys/user/max_inotify_watches && exec {BIN} --config {} run",
+        config.display()
+    ));
+    let mut daemon = Daemon::spawn(cmd, None, &[]);
+    daemon.wait_for_log("inotify watch limit", 60 * SECOND);
+    daemon.wait_for_log("watch-perms start:", 60 * SECOND);
+    for s in &secrets {
+        chmod(s, 0o644);
+    }
+    // Watched directories report at once; the rest within a fallback rescan.
+    eventually(40 * SECOND, "every drifted secret is recorded", || {
+        let seen = events(&mut conn);
+        secrets.iter().all(|p| {
+            seen.iter()
+                .any(|(q, a)| *q == p.display().to_string() && a == "detected")
+        })
+    });
+    assert!(
+        daemon.log().contains("fallback rescan of unwatched directories"),
+        "{}",
+        daemon.log()
+    );
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait_exit(30 * SECOND).code(), Some(0));
+}
 
 const QUIET_JOBS: &str = "[jobs.expire-keys]\nenabled = false\n[jobs.revoke-grace]\nenabled = false\n\
     [jobs.notify-expiry]\nenabled = false\n[jobs.purge-audit]\nenabled = false\n";

@@ -78,9 +78,22 @@ impl Watches {
 
     fn report_limit(&self, watching: usize) {
         if !self.limit_reported.swap(true, Ordering::SeqCst) {
-            let limit = std::fs::read_to_string("/proc/sys/fs/inotify/max_user_watches")
-                .map(|s| s.trim().to_string())
-                .unwrap_or_else(|_| "?".into());
+            // The system-wide limit, and the one of this user namespace
+            // (Linux 5.11+), whichever is lower.
+            let read = |p: &str| {
+                std::fs::read_to_string(p)
+                    .ok()
+                    .and_then(|s| s.trim().parse::<u64>().ok())
+            };
+            let limit = [
+                read("/proc/sys/fs/inotify/max_user_watches"),
+                read("/proc/sys/user/max_inotify_watches"),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|n| n.to_string())
+            .unwrap_or_else(|| "?".into());
             error!(
                 message_id = message_ids::WATCH_LIMIT,
                 watching,

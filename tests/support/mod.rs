@@ -245,11 +245,13 @@ pub struct Daemon {
 impl Daemon {
     pub fn start(config: &Path, notify: Option<&NotifySocket>, envs: &[(&str, &str)]) -> Daemon {
         let mut cmd = Command::new(BIN);
-        cmd.arg("--config")
-            .arg(config)
-            .arg("run")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        cmd.arg("--config").arg(config).arg("run");
+        Self::spawn(cmd, notify, envs)
+    }
+
+    /// Starts `cmd` (which must end up running the daemon) the same way.
+    pub fn spawn(mut cmd: Command, notify: Option<&NotifySocket>, envs: &[(&str, &str)]) -> Daemon {
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
         cmd.env_remove("NOTIFY_SOCKET")
             .env_remove("JOURNAL_STREAM")
             .env_remove("WATCHDOG_USEC");
