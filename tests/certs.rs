@@ -20,7 +20,47 @@ both_backends!(
     with_the_ca_down_the_old_files_stay_retries_back_off_and_admins_hear_once,
     external_account_binding,
     monitored_certificates_from_a_file_and_a_live_server,
+    the_daemon_keeps_a_certificate_renewed,
 );
+
+fn the_daemon_keeps_a_certificate_renewed(backend: Backend) {
+    let db = TestDb::new(backend);
+    let pebble = Pebble::start(
+        db.path(),
+        Options {
+            validity_secs: Some(12),
+            ..Options::default()
+        },
+    );
+    let (section, site) = cert_section(
+        db.path(),
+        "live",
+        &["live.test"],
+        &format!("{{ type = \"http-01\", listen = \"127.0.0.1:{}\" }}", pebble.http_port),
+        "",
+    );
+    // renew-certs every second: the first tick issues, later ones renew
+    // each time half of the 12-second lifetime has passed.
+    let config = db.write_config(
+        "k.toml",
+        &format!(
+            "{}{}[jobs.renew-certs]\nschedule = \"* * * * * *\"\n{section}",
+            QUIET_JOBS,
+            pebble.acme_section(&db.path().join("account.json"))
+        ),
+    );
+    let _migrated = db.conn();
+    let mut daemon = Daemon::start(&config, None, &[]);
+    eventually(Duration::from_secs(40), "issued, then renewed by the daemon", || {
+        deploys(db.path()).len() >= 2
+    });
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait_exit(Duration::from_secs(60)).code(), Some(0));
+    openssl_verify(db.path(), &site.cert, &pebble.issuing_root()).unwrap();
+    assert!(site.cert.with_extension("pem.prev").exists());
+    let log = daemon.log();
+    assert!(log.contains("certificate live installed"), "{log}");
+}
 
 const QUIET_JOBS: &str = "[jobs.expire-keys]\nenabled = false\n[jobs.revoke-grace]\nenabled = false\n\
     [jobs.notify-expiry]\nenabled = false\n[jobs.purge-audit]\nenabled = false\n[jobs.watch-perms]\nenabled = false\n";

@@ -213,47 +213,6 @@ fn waits_for_an_unreachable_database_without_ready(backend: Backend) {
     assert_eq!(daemon.wait_exit(10 * SECOND).code(), Some(0));
 }
 
-/// Makes sure a journald is listening, starting one when none runs (as
-/// root). A socket file left by a journald that died does not count: only a
-/// socket that accepts a connection does.
-fn ensure_journald() {
-    static STARTED: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one_at_a_time = STARTED.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = std::path::Path::new("/run/systemd/journal");
-    let alive = || std::os::unix::net::UnixDatagram::unbound().is_ok_and(|s| s.connect(dir.join("socket")).is_ok());
-    if alive() {
-        return;
-    }
-    for stale in ["socket", "stdout", "dev-log"] {
-        let _ = std::fs::remove_file(dir.join(stale));
-    }
-    std::fs::create_dir_all(dir).expect("create /run/systemd/journal (run the tests as root, or run journald)");
-    // Detached through sh: journald outlives this test process.
-    let started = std::process::Command::new("sh")
-        .args(["-c", "/lib/systemd/systemd-journald >/dev/null 2>&1 &"])
-        .status()
-        .expect("start /lib/systemd/systemd-journald");
-    assert!(started.success(), "could not start /lib/systemd/systemd-journald");
-    for _ in 0..50 {
-        if alive() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("journald did not start listening on /run/systemd/journal/socket");
-}
-
-fn journal_entries(pid: u32, filter: &str) -> Vec<serde_json::Value> {
-    let out = std::process::Command::new("journalctl")
-        .args(["-o", "json", "--no-pager", &format!("_PID={pid}"), filter])
-        .output()
-        .expect("journalctl");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
-
 fn journald_receives_structured_fields(backend: Backend) {
     let db = TestDb::new(backend);
     ensure_journald();

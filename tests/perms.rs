@@ -20,7 +20,50 @@ both_backends!(
     an_overflow_leads_to_a_rescan_that_finds_everything,
     rescans_record_once_resolve_and_digest_for_admins,
     past_the_inotify_watch_limit_unwatched_directories_are_rescanned,
+    drift_reaches_journald_with_its_fields,
 );
+
+fn drift_reaches_journald_with_its_fields(backend: Backend) {
+    let db = TestDb::new(backend);
+    ensure_journald();
+    let root = app_root(db.path());
+    let mut conn = db.conn();
+    let config = db.write_config("keywarden.toml", &format!("{QUIET_JOBS}{}", policy(&root, true)));
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("log_target = \"stderr\"", "log_target = \"journald\"");
+    std::fs::write(&config, text).unwrap();
+    let mut daemon = Daemon::start(&config, None, &[]);
+    let env = root.join(".env");
+    // The start scan is over once the daemon reacts to a change.
+    eventually(30 * SECOND, "the daemon watches", || {
+        chmod(&env, 0o644);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        actions_for(&mut conn, &env).contains(&"remediated".to_string())
+    });
+    let path = format!("PATH={}", env.display());
+    let mut entries = Vec::new();
+    eventually(10 * SECOND, "journald has the drift", || {
+        entries = journal_entries(daemon.pid(), &path);
+        entries.iter().any(|e| e["ACTION"] == "detected") && entries.iter().any(|e| e["ACTION"] == "remediated")
+    });
+    let detected = entries.iter().find(|e| e["ACTION"] == "detected").unwrap();
+    assert_eq!(detected["FOUND_MODE"], "0644", "{detected}");
+    assert_eq!(detected["FOUND_UID"], "0", "{detected}");
+    assert_eq!(detected["PRIORITY"], "4", "{detected}");
+    assert!(detected["RULE"].as_str().unwrap().contains("secrets"), "{detected}");
+    assert!(
+        detected["EXPECTED"].as_str().unwrap().contains("mode 0600"),
+        "{detected}"
+    );
+    assert_eq!(
+        detected["MESSAGE_ID"],
+        keywarden::telemetry::message_ids::PERMISSION_DRIFT,
+        "{detected}"
+    );
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait_exit(30 * SECOND).code(), Some(0));
+}
 
 fn past_the_inotify_watch_limit_unwatched_directories_are_rescanned(backend: Backend) {
     let db = TestDb::new(backend);
