@@ -177,22 +177,22 @@ impl Session<'_> {
         Ok(account)
     }
 
-    /// When the certificate in place should be renewed, and whether the CA
-    /// speaks ARI (then the new order names the certificate it replaces).
-    fn plan(&mut self, info: &CertInfo) -> (NaiveDateTime, bool) {
+    /// When the certificate in place should be renewed: a random time in
+    /// the CA's ARI window when it offers one, else the lifetime rule.
+    fn plan(&mut self, info: &CertInfo) -> NaiveDateTime {
         let lifetime_rule = timing::renew_at(info.not_before, info.not_after, timing::random_unit());
         let Some(ari_id) = &info.ari_id else {
-            return (lifetime_rule, false);
+            return lifetime_rule;
         };
         let window = self
             .account()
             .and_then(|account| self.runtime.block_on(client::renewal_window(&account, ari_id)));
         match window {
-            Ok(Some((start, end))) => (timing::pick_in_window(start, end, timing::random_unit()), true),
-            Ok(None) => (lifetime_rule, false),
+            Ok(Some((start, end))) => timing::pick_in_window(start, end, timing::random_unit()),
+            Ok(None) => lifetime_rule,
             Err(e) => {
                 warn!("renewal info unavailable ({e}); using the lifetime rule");
-                (lifetime_rule, false)
+                lifetime_rule
             }
         }
     }
@@ -208,7 +208,6 @@ impl Session<'_> {
         )?;
         let installed = read_installed(&cert.cert_file);
         let reason = replace_now(cert, &installed);
-        let mut ari = false;
         let report = |outcome: Outcome, not_after: Option<NaiveDateTime>| Report {
             name: cert.name.clone(),
             kind: kind::ISSUED,
@@ -220,15 +219,11 @@ impl Session<'_> {
         let mut renew_at = row.renew_at;
         if let Ok(info) = &installed {
             if row.serial.as_deref() != Some(info.serial.as_str()) || row.renew_at.is_none() {
-                let (at, has_ari) = if mode == Mode::CheckOnly {
-                    (
-                        timing::renew_at(info.not_before, info.not_after, timing::random_unit()),
-                        false,
-                    )
+                let at = if mode == Mode::CheckOnly {
+                    timing::renew_at(info.not_before, info.not_after, timing::random_unit())
                 } else {
                     self.plan(info)
                 };
-                ari = has_ari;
                 renew_at = Some(at);
                 store::record_observed(self.conn, row.id, info, renew_at, now)?;
             }
@@ -278,10 +273,18 @@ impl Session<'_> {
             }
         });
         info!(cert = %cert.name, "certificate {}: issuing ({why})", cert.name);
-        let replaces = if ari {
-            installed.as_ref().ok().and_then(|i| i.ari_id.clone())
-        } else {
-            None
+        // Name the certificate being replaced when the CA speaks ARI (it may
+        // then relax rate limits for the renewal); a CA without ARI would
+        // refuse an order carrying `replaces`.
+        let replaces = match installed.as_ref().ok().and_then(|i| i.ari_id.clone()) {
+            Some(id) => {
+                let supported = self
+                    .account()
+                    .and_then(|account| self.runtime.block_on(client::renewal_window(&account, &id)))
+                    .is_ok_and(|w| w.is_some());
+                supported.then_some(id)
+            }
+            None => None,
         };
         let mut obtained = self.obtain_and_install(cert, replaces.as_deref());
         if matches!(&obtained, Err(AcmeError::Protocol(e)) if e.contains("accountDoesNotExist")) {
@@ -300,7 +303,7 @@ impl Session<'_> {
         }
         match obtained {
             Ok(info) => {
-                let (next_renewal, _) = self.plan(&info);
+                let next_renewal = self.plan(&info);
                 store::record_success(self.conn, row.id, &info, next_renewal, crate::db::now())?;
                 info!(
                     cert = %cert.name, serial = %info.serial, not_after = %info.not_after, issuer = %info.issuer,
