@@ -30,6 +30,10 @@ use crate::notify::alerts::enqueue_admin_alert;
 use crate::notify::render::AdminAlert;
 use crate::perms::ids;
 
+/// How often the CA's ARI window is asked for again for the same
+/// certificate.
+const ARI_POLL: chrono::TimeDelta = chrono::TimeDelta::hours(6);
+
 /// What happened to one certificate in a pass.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "outcome", rename_all = "kebab-case")]
@@ -177,23 +181,27 @@ impl Session<'_> {
         Ok(account)
     }
 
-    /// When the certificate in place should be renewed: a random time in
-    /// the CA's ARI window when it offers one, else the lifetime rule.
-    fn plan(&mut self, info: &CertInfo) -> NaiveDateTime {
-        let lifetime_rule = timing::renew_at(info.not_before, info.not_after, timing::random_unit());
-        let Some(ari_id) = &info.ari_id else {
-            return lifetime_rule;
-        };
+    /// The CA's suggested renewal window, when it offers ARI.
+    fn ari_window(&mut self, info: &CertInfo) -> Option<(NaiveDateTime, NaiveDateTime)> {
+        let ari_id = info.ari_id.as_ref()?;
         let window = self
             .account()
             .and_then(|account| self.runtime.block_on(client::renewal_window(&account, ari_id)));
         match window {
-            Ok(Some((start, end))) => timing::pick_in_window(start, end, timing::random_unit()),
-            Ok(None) => lifetime_rule,
+            Ok(w) => w,
             Err(e) => {
                 warn!("renewal info unavailable ({e}); using the lifetime rule");
-                lifetime_rule
+                None
             }
+        }
+    }
+
+    /// When the certificate in place should be renewed: a random time in
+    /// the CA's ARI window when it offers one, else the lifetime rule.
+    fn plan(&mut self, info: &CertInfo) -> NaiveDateTime {
+        match self.ari_window(info) {
+            Some((start, end)) => timing::pick_in_window(start, end, timing::random_unit()),
+            None => timing::renew_at(info.not_before, info.not_after, timing::random_unit()),
         }
     }
 
@@ -215,7 +223,8 @@ impl Session<'_> {
             not_after,
         };
         let current_not_after = installed.as_ref().ok().map(|i| i.not_after);
-        // Fix the renewal time once per serial.
+        // The renewal time is decided once per serial; with ARI the window
+        // is asked for again every ARI_POLL and the time kept while it fits.
         let mut renew_at = row.renew_at;
         if let Ok(info) = &installed {
             if row.serial.as_deref() != Some(info.serial.as_str()) || row.renew_at.is_none() {
@@ -226,6 +235,16 @@ impl Session<'_> {
                 };
                 renew_at = Some(at);
                 store::record_observed(self.conn, row.id, info, renew_at, now)?;
+            } else if mode != Mode::CheckOnly
+                && info.ari_id.is_some()
+                && row.renew_planned_at.is_none_or(|t| now - t >= ARI_POLL)
+            {
+                // Ask the CA again: it moves windows earlier after incidents.
+                if let Some((start, end)) = self.ari_window(info) {
+                    let at = timing::replan(renew_at, start, end, timing::random_unit());
+                    renew_at = Some(at);
+                    store::record_plan(self.conn, row.id, at, now)?;
+                }
             }
         }
         if mode == Mode::CheckOnly {

@@ -26,6 +26,7 @@ pub struct CertRow {
     pub not_before: Option<NaiveDateTime>,
     pub not_after: Option<NaiveDateTime>,
     pub renew_at: Option<NaiveDateTime>,
+    pub renew_planned_at: Option<NaiveDateTime>,
     pub last_attempt_at: Option<NaiveDateTime>,
     pub last_success_at: Option<NaiveDateTime>,
     pub last_error: Option<String>,
@@ -101,6 +102,19 @@ pub fn record_observed(
             certificates::not_before.eq(info.not_before),
             certificates::not_after.eq(info.not_after),
             certificates::renew_at.eq(renew_at),
+            certificates::renew_planned_at.eq(renew_at.map(|_| now)),
+            certificates::updated_at.eq(now),
+        ))
+        .execute(conn)
+        .map(|_| ())
+}
+
+/// A renewal time decided again for the same certificate.
+pub fn record_plan(conn: &mut DbConnection, id: i64, renew_at: NaiveDateTime, now: NaiveDateTime) -> QueryResult<()> {
+    diesel::update(certificates::table.filter(certificates::id.eq(id)))
+        .set((
+            certificates::renew_at.eq(renew_at),
+            certificates::renew_planned_at.eq(now),
             certificates::updated_at.eq(now),
         ))
         .execute(conn)

@@ -31,6 +31,16 @@ pub fn pick_in_window(start: NaiveDateTime, end: NaiveDateTime, unit: f64) -> Na
     start + TimeDelta::seconds((span * unit.clamp(0.0, 1.0)) as i64)
 }
 
+/// A renewal time already chosen is kept while it lies inside the CA's
+/// current window (RFC 9773: do not re-roll on every poll); when the window
+/// moved past it, a new time is picked inside the new window.
+pub fn replan(current: Option<NaiveDateTime>, start: NaiveDateTime, end: NaiveDateTime, unit: f64) -> NaiveDateTime {
+    match current {
+        Some(at) if at >= start && at < end => at,
+        _ => pick_in_window(start, end, unit),
+    }
+}
+
 /// The lifetime rule: when renewal falls due, before jitter.
 pub fn lifetime_due(not_before: NaiveDateTime, not_after: NaiveDateTime) -> NaiveDateTime {
     let lifetime = not_after - not_before;
@@ -100,6 +110,22 @@ mod tests {
         }
         // A window in the wrong order means "now-ish": its start.
         assert_eq!(pick_in_window(end, start, 0.7), end);
+    }
+
+    #[test]
+    fn a_chosen_time_is_kept_while_the_window_still_holds_it() {
+        let chosen = t("2026-03-02 00:00");
+        assert_eq!(
+            replan(Some(chosen), t("2026-03-01 00:00"), t("2026-03-03 00:00"), 0.9),
+            chosen
+        );
+        // The CA moved the window earlier (an incident): renew inside it.
+        let moved = replan(Some(chosen), t("2026-02-10 00:00"), t("2026-02-11 00:00"), 0.5);
+        assert_eq!(moved, t("2026-02-10 12:00"));
+        assert_eq!(
+            replan(None, t("2026-02-10 00:00"), t("2026-02-11 00:00"), 0.0),
+            t("2026-02-10 00:00")
+        );
     }
 
     #[test]

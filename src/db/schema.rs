@@ -146,6 +146,7 @@ diesel::table! {
         not_before -> Nullable<Timestamp>,
         not_after -> Nullable<Timestamp>,
         renew_at -> Nullable<Timestamp>,
+        renew_planned_at -> Nullable<Timestamp>,
         last_attempt_at -> Nullable<Timestamp>,
         last_success_at -> Nullable<Timestamp>,
         last_error -> Nullable<Text>,

@@ -13,6 +13,8 @@ CREATE TABLE certificates (
     not_after        TIMESTAMP,
     -- When renewal falls due (ARI choice or lifetime rule, with the spread).
     renew_at         TIMESTAMP,
+    -- When renew_at was last decided (ARI windows are asked for again).
+    renew_planned_at TIMESTAMP,
     last_attempt_at  TIMESTAMP,
     last_success_at  TIMESTAMP,
     last_error       TEXT,
