@@ -21,7 +21,52 @@ both_backends!(
     external_account_binding,
     monitored_certificates_from_a_file_and_a_live_server,
     the_daemon_keeps_a_certificate_renewed,
+    the_daemon_retries_a_failed_renewal_after_a_minute,
 );
+
+fn the_daemon_retries_a_failed_renewal_after_a_minute(backend: Backend) {
+    let db = TestDb::new(backend);
+    let mut pebble = Pebble::start(db.path(), Options::default());
+    let (section, site) = cert_section(
+        db.path(),
+        "retry",
+        &["retry.test"],
+        &format!("{{ type = \"http-01\", listen = \"127.0.0.1:{}\" }}", pebble.http_port),
+        "",
+    );
+    // The job's own schedule is far away: only the retry can issue it.
+    let config = db.write_config(
+        "k.toml",
+        &format!(
+            "{QUIET_JOBS}{}[jobs.renew-certs]\nschedule = \"0 0 1 1 *\"\n{section}",
+            pebble.acme_section(&db.path().join("account.json"))
+        ),
+    );
+    let mut conn = db.conn();
+    pebble.stop();
+    let out = keywarden(&config, &["certs", "renew", "retry"]);
+    assert_eq!(out.status.code(), Some(1), "{}", out_text(&out));
+    let next: Option<chrono::NaiveDateTime> = certificates::table
+        .select(certificates::next_attempt_at)
+        .first(&mut conn)
+        .unwrap();
+    pebble.resume();
+    let mut daemon = Daemon::start(&config, None, &[]);
+    eventually(
+        Duration::from_secs(90),
+        "the daemon retries on time and succeeds",
+        || deploys(db.path()).len() == 1,
+    );
+    let retried_at = keywarden::db::now();
+    assert!(retried_at >= next.unwrap(), "retried before its time");
+    assert!(
+        retried_at - next.unwrap() < chrono::TimeDelta::seconds(20),
+        "retried late"
+    );
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait_exit(Duration::from_secs(60)).code(), Some(0));
+    assert!(site.cert.exists());
+}
 
 fn the_daemon_keeps_a_certificate_renewed(backend: Backend) {
     let db = TestDb::new(backend);

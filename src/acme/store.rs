@@ -194,3 +194,11 @@ pub fn record_checked(conn: &mut DbConnection, id: i64, now: NaiveDateTime) -> Q
         .execute(conn)
         .map(|_| ())
 }
+
+/// The earliest retry of a failed renewal, if any is pending.
+pub fn earliest_retry(conn: &mut DbConnection) -> QueryResult<Option<NaiveDateTime>> {
+    certificates::table
+        .filter(certificates::failures.gt(0))
+        .select(diesel::dsl::min(certificates::next_attempt_at))
+        .first(conn)
+}

@@ -202,6 +202,45 @@ impl DaemonState {
                 }
             }
             notify::status(&state.status_line());
+            if name == "renew-certs" {
+                state.wake_for_certificate_retry(&state).await;
+            }
+        });
+    }
+
+    /// Failed renewals are retried after 1, 10 and 100 minutes: when the
+    /// earliest retry falls before the job's next tick, a run is started at
+    /// that time instead of waiting for the tick.
+    pub async fn wake_for_certificate_retry(&self, me: &Arc<Self>) {
+        let config = self.config();
+        let Some(settings) = config.job("renew-certs").filter(|s| s.enabled) else {
+            return;
+        };
+        let database = self.database.clone();
+        let earliest = tokio::task::spawn_blocking(move || {
+            let mut conn = database.connect().ok()?;
+            crate::acme::store::earliest_retry(&mut conn).ok().flatten()
+        })
+        .await
+        .ok()
+        .flatten();
+        let Some(at) = earliest else { return };
+        let now = Utc::now();
+        let at = at.and_utc();
+        // A retry time already past is the tick's business (the pass that
+        // just ran did not take it: the certificate is not due after all).
+        let next_tick = settings.schedule.next_after(now);
+        if at <= now || next_tick.is_some_and(|tick| tick <= at) {
+            return;
+        }
+        let wait = (at - now).to_std().unwrap_or_default();
+        let state = me.clone();
+        let stop = self.stop.clone();
+        self.tracker.spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => state.start_run(&state, "renew-certs", Trigger::Schedule),
+                _ = stop.cancelled() => {}
+            }
         });
     }
 
