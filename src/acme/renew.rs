@@ -148,6 +148,7 @@ pub fn run_pass(
         config,
         runtime,
         account: None,
+        ari_offered: None,
     };
     let mut reports = Vec::new();
     for cert in config.certificates.iter().filter(|c| only.is_none_or(|n| n == c.name)) {
@@ -164,6 +165,8 @@ struct Session<'a> {
     config: &'a Config,
     runtime: tokio::runtime::Runtime,
     account: Option<instant_acme::Account>,
+    /// Whether the CA offers ARI, once a renewal-info request has told.
+    ari_offered: Option<bool>,
 }
 
 impl Session<'_> {
@@ -188,7 +191,10 @@ impl Session<'_> {
             .account()
             .and_then(|account| self.runtime.block_on(client::renewal_window(&account, ari_id)));
         match window {
-            Ok(w) => w,
+            Ok(w) => {
+                self.ari_offered = Some(w.is_some());
+                w
+            }
             Err(e) => {
                 warn!("renewal info unavailable ({e}); using the lifetime rule");
                 None
@@ -295,15 +301,19 @@ impl Session<'_> {
         // Name the certificate being replaced when the CA speaks ARI (it may
         // then relax rate limits for the renewal); a CA without ARI would
         // refuse an order carrying `replaces`.
-        let replaces = match installed.as_ref().ok().and_then(|i| i.ari_id.clone()) {
-            Some(id) => {
-                let supported = self
-                    .account()
-                    .and_then(|account| self.runtime.block_on(client::renewal_window(&account, &id)))
-                    .is_ok_and(|w| w.is_some());
-                supported.then_some(id)
+        let replaces = match installed.as_ref().ok() {
+            Some(info) if info.ari_id.is_some() => {
+                let offered = match self.ari_offered {
+                    Some(known) => known,
+                    None => self.ari_window(info).is_some(),
+                };
+                if offered {
+                    info.ari_id.clone()
+                } else {
+                    None
+                }
             }
-            None => None,
+            _ => None,
         };
         let mut obtained = self.obtain_and_install(cert, replaces.as_deref());
         if matches!(&obtained, Err(AcmeError::Protocol(e)) if e.contains("accountDoesNotExist")) {
@@ -323,7 +333,7 @@ impl Session<'_> {
         match obtained {
             Ok(info) => {
                 let next_renewal = self.plan(&info);
-                store::record_success(self.conn, row.id, &info, next_renewal, crate::db::now())?;
+                store::record_success(self.conn, row.id, &info, Some(next_renewal), crate::db::now())?;
                 info!(
                     cert = %cert.name, serial = %info.serial, not_after = %info.not_after, issuer = %info.issuer,
                     message_id = crate::telemetry::message_ids::CERT_RENEWED,
@@ -336,7 +346,7 @@ impl Session<'_> {
                         not_after: info.not_after,
                     },
                     Err(e) => {
-                        store::record_unreadable(self.conn, row.id, &format!("deploy hook: {e}"), crate::db::now())?;
+                        store::record_error(self.conn, row.id, &format!("deploy hook: {e}"), crate::db::now())?;
                         Outcome::DeployFailed { error: e }
                     }
                 };
@@ -477,8 +487,7 @@ impl Session<'_> {
         let row = store::ensure(self.conn, &m.name, kind::MONITORED, &monitor::source(m), now)?;
         match monitor::read(m) {
             Ok(info) => {
-                store::record_observed(self.conn, row.id, &info, None, now)?;
-                store::record_checked(self.conn, row.id, now)?;
+                store::record_success(self.conn, row.id, &info, None, now)?;
                 let left = info.not_after - now;
                 let widest = self
                     .config
@@ -519,7 +528,7 @@ impl Session<'_> {
                 })
             }
             Err(e) => {
-                store::record_unreadable(self.conn, row.id, &e, now)?;
+                store::record_error(self.conn, row.id, &e, now)?;
                 warn!(cert = %m.name, "monitored certificate {} unreadable: {e}", m.name);
                 Ok(Report {
                     name: m.name.clone(),

@@ -121,22 +121,31 @@ pub fn record_plan(conn: &mut DbConnection, id: i64, renew_at: NaiveDateTime, no
         .map(|_| ())
 }
 
-/// A successful issuance: the new certificate, the failure streak over.
+/// A successful attempt, in one statement: what was issued (or read, for a
+/// monitored certificate) and, for issued ones, the next renewal time; any
+/// failure streak is over.
 pub fn record_success(
     conn: &mut DbConnection,
     id: i64,
     info: &CertInfo,
-    renew_at: NaiveDateTime,
+    renew_at: Option<NaiveDateTime>,
     now: NaiveDateTime,
 ) -> QueryResult<()> {
-    record_observed(conn, id, info, Some(renew_at), now)?;
     diesel::update(certificates::table.filter(certificates::id.eq(id)))
         .set((
+            certificates::domains.eq(info.domains.join(",")),
+            certificates::serial.eq(&info.serial),
+            certificates::issuer.eq(&info.issuer),
+            certificates::not_before.eq(info.not_before),
+            certificates::not_after.eq(info.not_after),
+            certificates::renew_at.eq(renew_at),
+            certificates::renew_planned_at.eq(renew_at.map(|_| now)),
             certificates::last_attempt_at.eq(now),
             certificates::last_success_at.eq(now),
             certificates::last_error.eq(None::<String>),
             certificates::failures.eq(0),
             certificates::next_attempt_at.eq(None::<NaiveDateTime>),
+            certificates::updated_at.eq(now),
         ))
         .execute(conn)
         .map(|_| ())
@@ -163,8 +172,9 @@ pub fn record_failure(
         .map(|_| ())
 }
 
-/// A monitored certificate that could not be read.
-pub fn record_unreadable(conn: &mut DbConnection, id: i64, error: &str, now: NaiveDateTime) -> QueryResult<()> {
+/// An error that is not a failed renewal: a monitored certificate that
+/// could not be read, or a deploy hook that failed after an install.
+pub fn record_error(conn: &mut DbConnection, id: i64, error: &str, now: NaiveDateTime) -> QueryResult<()> {
     diesel::update(certificates::table.filter(certificates::id.eq(id)))
         .set((
             certificates::last_attempt_at.eq(now),
@@ -180,19 +190,6 @@ pub fn list(conn: &mut DbConnection) -> QueryResult<Vec<CertRow>> {
         .order(certificates::name)
         .select(CertRow::as_select())
         .load(conn)
-}
-
-/// A monitored certificate read successfully.
-pub fn record_checked(conn: &mut DbConnection, id: i64, now: NaiveDateTime) -> QueryResult<()> {
-    diesel::update(certificates::table.filter(certificates::id.eq(id)))
-        .set((
-            certificates::last_attempt_at.eq(now),
-            certificates::last_success_at.eq(now),
-            certificates::last_error.eq(None::<String>),
-            certificates::updated_at.eq(now),
-        ))
-        .execute(conn)
-        .map(|_| ())
 }
 
 /// The earliest retry of a failed renewal, if any is pending.
