@@ -4,10 +4,10 @@
 //! enqueued when one is due. Its lock is per host: replicas on several
 //! machines each hold their own files to the policy.
 
-use tracing::{info, warn};
+use tracing::info;
 
 use super::{JobContext, JobError, JobReport};
-use crate::perms::{digest, scan, scan_and_fix, store, Fix, Policy};
+use crate::perms::{digest, log_scan, scan, scan_and_fix, store, Fix, Policy};
 
 pub fn run(ctx: &mut JobContext<'_>) -> Result<JobReport, JobError> {
     let policy = Policy::compile(&ctx.config.permissions)
@@ -17,25 +17,11 @@ pub fn run(ctx: &mut JobContext<'_>) -> Result<JobReport, JobError> {
         return Ok(JobReport::default());
     }
     let roots = policy.roots().to_vec();
+    let began = std::time::Instant::now();
     let (report, remedies) = scan_and_fix(&policy, &roots, scan::default_threads(), Fix::AsPolicySays, &|_| {});
-    for (path, e) in &report.errors {
-        warn!(path = %path.display(), "watch-perms: cannot examine {}: {e}", path.display());
-    }
     let host = ctx.config.host_name();
     let tally = store::reconcile(ctx.conn, &host, &roots, &report, &remedies, ctx.started_at)?;
-    info!(
-        files = report.files,
-        directories = report.directories,
-        drifted = report.violations.len(),
-        "watch-perms rescan: {} file(s) in {} director(ies), {} drifted; new events: {} detected, {} remediated, {} refused, {} resolved",
-        report.files,
-        report.directories,
-        report.violations.len(),
-        tally.detected,
-        tally.remediated,
-        tally.refused,
-        tally.resolved
-    );
+    log_scan("rescan", &report, &tally, began.elapsed());
     digest::enqueue_if_due(ctx.conn, ctx.config, &host, crate::db::now())?;
     Ok(JobReport {
         rows_affected: tally.total(),

@@ -27,6 +27,9 @@ pub mod watch;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tracing::{info, warn};
 
 pub use policy::Policy;
 pub use remediate::Remedy;
@@ -65,4 +68,30 @@ pub fn scan_and_fix(
         }
     }
     (report, remedies)
+}
+
+/// Logs what a scan could not examine, then one summary line with the
+/// events its recording wrote (the watcher and the job say the same).
+pub fn log_scan(why: &str, report: &ScanReport, tally: &store::Tally, took: Duration) {
+    for (path, e) in &report.errors {
+        warn!(path = %path.display(), "watch-perms: cannot examine {}: {e}", path.display());
+    }
+    info!(
+        files = report.files,
+        directories = report.directories,
+        drifted = report.violations.len(),
+        detected = tally.detected,
+        remediated = tally.remediated,
+        refused = tally.refused,
+        resolved = tally.resolved,
+        duration_ms = took.as_millis() as u64,
+        "watch-perms {why}: {} file(s) in {} director(ies), {} drifted; new events: {} detected, {} remediated, {} refused, {} resolved",
+        report.files,
+        report.directories,
+        report.violations.len(),
+        tally.detected,
+        tally.remediated,
+        tally.refused,
+        tally.resolved
+    );
 }

@@ -28,7 +28,7 @@ use tracing::{error, info, warn};
 use super::inode::{Inode, InodeKind};
 use super::policy::Policy;
 use super::store::{self, Observation};
-use super::{digest, scan, scan_and_fix, Fix};
+use super::{digest, log_scan, scan, scan_and_fix, Fix};
 use crate::config::Config;
 use crate::db::{Database, DbConnection};
 use crate::telemetry::message_ids;
@@ -37,6 +37,8 @@ use crate::telemetry::message_ids;
 /// promise is drift recorded within a second, and chmod storms still
 /// coalesce.
 const SETTLE: Duration = Duration::from_millis(10);
+/// How often an unreachable database is tried again after an outage.
+const RECOVERY_EVERY: Duration = Duration::from_secs(5);
 /// How often due digests are looked for.
 const DIGEST_EVERY: Duration = Duration::from_secs(10);
 
@@ -175,6 +177,7 @@ pub fn run(database: Database, config: Arc<Config>, stop: CancellationToken) {
     session.full_rescan("start");
     let mut last_digest = Instant::now() - DIGEST_EVERY;
     let mut last_fallback = Instant::now();
+    let mut last_recovery = Instant::now();
     let fallback_every = session.config.permissions.fallback_rescan.as_duration();
     while !stop.is_cancelled() {
         match rx.recv_timeout(Duration::from_millis(200)) {
@@ -193,9 +196,14 @@ pub fn run(database: Database, config: Arc<Config>, stop: CancellationToken) {
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
-        if session.dirty {
-            // A database outage left events unrecorded: reconcile from scratch.
-            session.full_rescan("recovery");
+        if session.dirty && last_recovery.elapsed() >= RECOVERY_EVERY {
+            // A database outage left events unrecorded: once the database
+            // answers again, reconcile from scratch (not a rescan per loop
+            // turn while it is down).
+            last_recovery = Instant::now();
+            if session.conn().is_some() {
+                session.full_rescan("recovery");
+            }
         }
         let blind: Vec<PathBuf> = session
             .watches
@@ -262,30 +270,14 @@ impl Session {
         let (report, remedies) = scan_and_fix(&self.policy, starts, threads, Fix::AsPolicySays, &|dir| {
             watches.add(dir)
         });
-        for (path, e) in &report.errors {
-            warn!(path = %path.display(), "watch-perms: cannot examine {}: {e}", path.display());
-        }
         let host = self.host.clone();
         let Some(conn) = self.conn() else { return };
         match store::reconcile(conn, &host, starts, &report, &remedies, crate::db::now()) {
             Ok(tally) => {
-                let full = starts == self.policy.roots();
-                if full {
+                if starts == self.policy.roots() {
                     self.dirty = false;
                 }
-                info!(
-                    files = report.files,
-                    directories = report.directories,
-                    drifted = report.violations.len(),
-                    detected = tally.detected,
-                    remediated = tally.remediated,
-                    refused = tally.refused,
-                    resolved = tally.resolved,
-                    duration_ms = began.elapsed().as_millis() as u64,
-                    "watch-perms {why}: {} file(s) in {} director(ies), {} drifted; new events: {} detected, {} remediated, {} refused, {} resolved",
-                    report.files, report.directories, report.violations.len(),
-                    tally.detected, tally.remediated, tally.refused, tally.resolved
-                );
+                log_scan(why, &report, &tally, began.elapsed());
             }
             Err(e) => self.lost_connection(&e),
         }
