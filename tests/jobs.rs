@@ -182,6 +182,7 @@ fn a_panicking_job_is_recorded_as_failed(backend: Backend) {
         batched: true,
         default_batch_size: 1,
         per_host: false,
+        retry_due: None,
         run: panicking_job,
     };
     let outcome = jobs::execute(

@@ -76,8 +76,8 @@ pub async fn run(config_path: PathBuf, config: Config, database: Database, telem
         return Exit::Failed;
     }
     state.restart_watcher().await;
-    // A renewal that failed before this start is retried on time.
-    state.wake_for_certificate_retry(&state).await;
+    // Work that failed before this start is retried on time.
+    state.wake_for_retries(&state).await;
     notify::spawn_watchdog(stop.clone());
     notify::ready(&state.status_line());
     info!(

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::config::{Config, JobSettings};
 use crate::db::Database;
-use crate::jobs::{self, registry, RunOutcome, Trigger};
+use crate::jobs::{self, registry, JobSpec, RunOutcome, Trigger};
 use crate::telemetry::Telemetry;
 
 use super::notify;
@@ -202,24 +202,31 @@ impl DaemonState {
                 }
             }
             notify::status(&state.status_line());
-            if name == "renew-certs" {
-                state.wake_for_certificate_retry(&state).await;
-            }
+            state.wake_for_retry(&state, spec).await;
         });
     }
 
-    /// Failed renewals are retried after 1, 10 and 100 minutes: when the
-    /// earliest retry falls before the job's next tick, a run is started at
-    /// that time instead of waiting for the tick.
-    pub async fn wake_for_certificate_retry(&self, me: &Arc<Self>) {
+    /// Wakes for the retries every job asks for (see
+    /// [`JobSpec::retry_due`]); called at start.
+    pub async fn wake_for_retries(&self, me: &Arc<Self>) {
+        for spec in registry::all() {
+            self.wake_for_retry(me, spec).await;
+        }
+    }
+
+    /// When a job has a retry due before its next tick (renew-certs retries
+    /// a failed renewal after 1, 10 and 100 minutes), starts a run at that
+    /// time instead of waiting for the tick.
+    async fn wake_for_retry(&self, me: &Arc<Self>, spec: &'static JobSpec) {
+        let Some(retry_due) = spec.retry_due else { return };
         let config = self.config();
-        let Some(settings) = config.job("renew-certs").filter(|s| s.enabled) else {
+        let Some(settings) = config.job(spec.name).filter(|s| s.enabled) else {
             return;
         };
         let database = self.database.clone();
         let earliest = tokio::task::spawn_blocking(move || {
             let mut conn = database.connect().ok()?;
-            crate::acme::store::earliest_retry(&mut conn).ok().flatten()
+            retry_due(&mut conn).ok().flatten()
         })
         .await
         .ok()
@@ -227,8 +234,8 @@ impl DaemonState {
         let Some(at) = earliest else { return };
         let now = Utc::now();
         let at = at.and_utc();
-        // A retry time already past is the tick's business (the pass that
-        // just ran did not take it: the certificate is not due after all).
+        // A retry time already past is the tick's business (the run that
+        // just ended did not take it: the work is not due after all).
         let next_tick = settings.schedule.next_after(now);
         if at <= now || next_tick.is_some_and(|tick| tick <= at) {
             return;
@@ -238,7 +245,7 @@ impl DaemonState {
         let stop = self.stop.clone();
         self.tracker.spawn(async move {
             tokio::select! {
-                _ = tokio::time::sleep(wait) => state.start_run(&state, "renew-certs", Trigger::Schedule),
+                _ = tokio::time::sleep(wait) => state.start_run(&state, spec.name, Trigger::Schedule),
                 _ = stop.cancelled() => {}
             }
         });

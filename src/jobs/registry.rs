@@ -1,9 +1,16 @@
 //! The registry of scheduled jobs: their names, default schedules and entry
 //! points. Adding a job is adding a module and a line here.
 
+use chrono::NaiveDateTime;
+use diesel::QueryResult;
+
 use crate::config::Schedule;
+use crate::db::DbConnection;
 
 use super::{JobContext, JobError, JobReport};
+
+/// Reads when a job's next retry is due, from the job's own tables.
+pub type RetryDue = fn(&mut DbConnection) -> QueryResult<Option<NaiveDateTime>>;
 
 /// A job as the scheduler and the command line know it.
 #[derive(Debug)]
@@ -18,6 +25,10 @@ pub struct JobSpec {
     /// Whether the job works on this machine's files rather than shared
     /// rows: its lock is then taken per host, not across replicas.
     pub per_host: bool,
+    /// The earliest retry the job's own state asks for, when it keeps one
+    /// (failed renewals); the daemon wakes for it if it falls before the
+    /// next tick.
+    pub retry_due: Option<RetryDue>,
     pub run: fn(&mut JobContext<'_>) -> Result<JobReport, JobError>,
 }
 
@@ -46,6 +57,7 @@ static JOBS: &[JobSpec] = &[
         batched: true,
         default_batch_size: 1000,
         per_host: false,
+        retry_due: None,
         run: super::expire_keys::run,
     },
     JobSpec {
@@ -55,6 +67,7 @@ static JOBS: &[JobSpec] = &[
         batched: true,
         default_batch_size: 1000,
         per_host: false,
+        retry_due: None,
         run: super::revoke_grace::run,
     },
     JobSpec {
@@ -64,6 +77,7 @@ static JOBS: &[JobSpec] = &[
         batched: false,
         default_batch_size: 500,
         per_host: false,
+        retry_due: None,
         run: super::notify_expiry::run,
     },
     JobSpec {
@@ -73,6 +87,7 @@ static JOBS: &[JobSpec] = &[
         batched: true,
         default_batch_size: 5000,
         per_host: false,
+        retry_due: None,
         run: super::purge_audit::run,
     },
     JobSpec {
@@ -83,6 +98,7 @@ static JOBS: &[JobSpec] = &[
         batched: false,
         default_batch_size: 1,
         per_host: false,
+        retry_due: Some(super::renew_certs::retry_due),
         run: super::renew_certs::run,
     },
     JobSpec {
@@ -93,6 +109,7 @@ static JOBS: &[JobSpec] = &[
         batched: false,
         default_batch_size: 1,
         per_host: true,
+        retry_due: None,
         run: super::watch_perms::run,
     },
 ];

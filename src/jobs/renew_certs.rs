@@ -28,3 +28,8 @@ pub fn run(ctx: &mut JobContext<'_>) -> Result<JobReport, JobError> {
         stopped_early: false,
     })
 }
+
+/// The earliest retry of a failed renewal (the daemon wakes for it).
+pub fn retry_due(conn: &mut crate::db::DbConnection) -> diesel::QueryResult<Option<chrono::NaiveDateTime>> {
+    crate::acme::store::earliest_retry(conn)
+}
