@@ -46,11 +46,13 @@ pub fn enqueue_if_due(conn: &mut DbConnection, config: &Config, host: &str, now:
         .filter(permission_events::host.eq(host))
         .filter(permission_events::id.gt(after_id))
         .filter(permission_events::action.ne(action::RESOLVED));
-    let count: i64 = new.count().get_result(conn)?;
+    // How many new events, and the last one, in one aggregate.
+    let (count, max_id): (i64, Option<i64>) = new
+        .select((diesel::dsl::count_star(), diesel::dsl::max(permission_events::id)))
+        .first(conn)?;
     if count == 0 {
         return Ok(0);
     }
-    let max_id: Option<i64> = new.select(diesel::dsl::max(permission_events::id)).first(conn)?;
     let rows: Vec<Event> = new
         .order(permission_events::id)
         .limit(MAX_LINES as i64)
