@@ -165,3 +165,29 @@ pub mod message_ids {
         CERT_RENEWAL_FAILED,
     ];
 }
+
+/// Library error text on one line: libpq ends lines with `\n\t`, which
+/// would split a log record (and journald's MESSAGE) in several.
+pub fn one_line(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for part in text.split(['\n', '\r']).map(str::trim).filter(|p| !p.is_empty()) {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(part);
+    }
+    out
+}
+
+#[cfg(test)]
+mod one_line_tests {
+    #[test]
+    fn joins_libpq_continuation_lines() {
+        let libpq = "server closed the connection unexpectedly\n\tThis probably means the server terminated abnormally\n\tbefore or while processing the request.\n";
+        assert_eq!(
+            super::one_line(libpq),
+            "server closed the connection unexpectedly This probably means the server terminated abnormally before or while processing the request."
+        );
+        assert_eq!(super::one_line("one\r\n\r\ntwo"), "one two");
+    }
+}

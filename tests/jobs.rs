@@ -18,8 +18,127 @@ both_backends!(
     jobs_run_skips_while_another_process_holds_the_lock,
     a_panicking_job_is_recorded_as_failed,
     a_crashed_run_is_closed_as_interrupted_by_the_next,
+    a_per_host_job_closes_only_its_own_hosts_abandoned_runs,
     migrate_is_idempotent_and_status_reports,
 );
+
+/// The lease exists on SQLite only (PostgreSQL's advisory lock goes with the
+/// holder's connection).
+mod sqlite_lease {
+    #[test]
+    fn a_dead_holders_lease_on_this_host_is_taken_over_at_once() {
+        super::a_dead_holders_lease_on_this_host_is_taken_over_at_once();
+    }
+}
+
+fn a_dead_holders_lease_on_this_host_is_taken_over_at_once() {
+    let db = TestDb::new(Backend::Sqlite);
+    let mut conn = db.conn();
+    let config = db.write_config("k.toml", "");
+    let config_text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        config_text.replace("[daemon]\n", "[daemon]\nhost_name = \"lease-host\"\n"),
+    )
+    .unwrap();
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    // A process that has exited: its PID names nobody (or someone else).
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = child.id();
+    child.wait().unwrap();
+    let lease = |holder: &str| {
+        let now = keywarden::db::now();
+        diesel::delete(job_leases::table).execute(&mut db.conn()).unwrap();
+        diesel::insert_into(job_leases::table)
+            .values((
+                job_leases::job.eq("expire-keys"),
+                job_leases::holder.eq(holder),
+                job_leases::acquired_at.eq(now),
+                job_leases::expires_at.eq(now + TimeDelta::minutes(10)),
+            ))
+            .execute(&mut db.conn())
+            .unwrap();
+    };
+    let run = || {
+        let out = keywarden(&config, &["jobs", "run", "expire-keys"]);
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    // Held from another host: that holder cannot be judged from here.
+    lease(&format!(
+        "host=elsewhere boot={} pid={dead_pid} start=1 run=r",
+        boot.trim()
+    ));
+    assert_eq!(run().0, Some(75));
+    // Held on this host by a process that is gone: taken over at once.
+    lease(&format!(
+        "host=lease-host boot={} pid={dead_pid} start=1 run=r",
+        boot.trim()
+    ));
+    let (code, stderr) = run();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("took over the lease"), "{stderr}");
+    // Held on this host in an earlier boot: gone too.
+    lease("host=lease-host boot=0000 pid=1 start=1 run=r");
+    assert_eq!(run().0, Some(0));
+    // Held on this host by a live process (PID 1, with its real start time
+    // unknown to us: any other start time means another process).
+    let init_start = std::fs::read_to_string("/proc/1/stat").unwrap();
+    let init_start = init_start[init_start.rfind(')').unwrap() + 1..]
+        .split_whitespace()
+        .nth(19)
+        .unwrap()
+        .to_string();
+    lease(&format!(
+        "host=lease-host boot={} pid=1 start={init_start} run=r",
+        boot.trim()
+    ));
+    assert_eq!(run().0, Some(75), "a live holder keeps its lease");
+    let leases: i64 = job_leases::table.count().get_result(&mut conn).unwrap();
+    assert_eq!(leases, 1);
+}
+
+fn a_per_host_job_closes_only_its_own_hosts_abandoned_runs(backend: Backend) {
+    let db = TestDb::new(backend);
+    let mut conn = db.conn();
+    for (run_id, host) in [("a-dead", "replica-a"), ("b-live", "replica-b")] {
+        keywarden::jobs::history::record_start(
+            &mut conn,
+            run_id,
+            "watch-perms",
+            host,
+            Trigger::Schedule,
+            ts(-TimeDelta::minutes(1)),
+        )
+        .unwrap();
+    }
+    let root = db.path().join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("a.txt"), "x").unwrap();
+    let config = db.write_config(
+        "k.toml",
+        &format!(
+            "[permissions]\nroots = [\"{}\"]\n\n[[permissions.rules]]\nname = \"data\"\npaths = [\"*.txt\"]\ntype = \"file\"\nmode = \"at most 0644\"\n",
+            root.display()
+        ),
+    );
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("[daemon]\n", "[daemon]\nhost_name = \"replica-a\"\n"),
+    )
+    .unwrap();
+    let out = keywarden(&config, &["jobs", "run", "watch-perms"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let outcome = |run_id: &str| -> String {
+        job_runs::table
+            .filter(job_runs::run_id.eq(run_id))
+            .select(job_runs::outcome)
+            .first(&mut db.conn())
+            .unwrap()
+    };
+    assert_eq!(outcome("a-dead"), "interrupted");
+    assert_eq!(outcome("b-live"), "running", "another host's run may be live");
+}
 
 fn expire_keys_expires_due_keys_once_with_audit_rows(backend: Backend) {
     let db = TestDb::new(backend);

@@ -23,6 +23,7 @@ both_backends!(
     two_processes_on_one_database_send_each_message_once,
     starttls_with_a_private_ca,
     a_job_failing_repeatedly_alerts_the_admins_once,
+    waiting_in_backoff_keeps_the_failure_streak,
     a_failed_notification_can_be_retried_by_hand,
 );
 
@@ -524,6 +525,54 @@ fn a_job_failing_repeatedly_alerts_the_admins_once(backend: Backend) {
         .unwrap()
         .contains("journalctl -u keywarden JOB=notify-expiry"));
     assert!(parsed.body_text(0).unwrap().contains("Last error:"));
+}
+
+/// During an SMTP outage the runs that find every notice waiting in backoff
+/// still fail: mail that should have gone out has not. The streak reaches
+/// the admins although only the first run tried to send.
+fn waiting_in_backoff_keeps_the_failure_streak(backend: Backend) {
+    let db = TestDb::new(backend);
+    let mut sink = SmtpSink::start(db.path(), None);
+    let mut conn = db.conn();
+    let owner = add_user(&mut conn, "b@example.com");
+    add_key(&mut conn, owner, "sk_live_v2_backoff", "active", ts(TimeDelta::days(2)));
+    let cfg = smtp_config(&db, sink.port, "admin_emails = [\"ops@example.com\"]");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("retry_base = \"1s\"", "retry_base = \"1h\"")
+        .replace("retry_max = \"2s\"", "retry_max = \"2h\"");
+    std::fs::write(&cfg, text).unwrap();
+    sink.stop();
+    for run in 0..3 {
+        let out = keywarden(&cfg, &["jobs", "run", "notify-expiry"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "run {run}: {stderr}");
+        if run > 0 {
+            assert!(stderr.contains("wait to be retried"), "run {run}: {stderr}");
+        }
+    }
+    let attempts: i32 = notifications::table
+        .filter(notifications::subject_kind.eq("api_key"))
+        .filter(notifications::status.eq("pending"))
+        .select(notifications::attempts)
+        .first(&mut conn)
+        .unwrap();
+    assert_eq!(attempts, 1, "only the first run tried: the others found it in backoff");
+    let alerts: i64 = notifications::table
+        .filter(notifications::subject_kind.eq("job_failure"))
+        .count()
+        .get_result(&mut conn)
+        .unwrap();
+    assert_eq!(alerts, 1, "three failed runs in a row alert the admins");
+
+    // Back up and due: both go out, and the job succeeds again.
+    sink.resume();
+    diesel::update(notifications::table)
+        .set(notifications::next_attempt_at.eq(keywarden::db::now()))
+        .execute(&mut conn)
+        .unwrap();
+    ok(keywarden(&cfg, &["jobs", "run", "notify-expiry"]));
+    assert_eq!(sink.messages().len(), 2);
 }
 
 fn a_failed_notification_can_be_retried_by_hand(backend: Backend) {

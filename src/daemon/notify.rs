@@ -8,10 +8,45 @@ use sd_notify::NotifyState;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+/// Sends one datagram to `$NOTIFY_SOCKET`, without ever blocking: a
+/// manager that stops reading (its queue full) must not wedge the runtime
+/// thread calling this. A status line that cannot go now is dropped (the
+/// next one replaces it anyway).
 fn send(states: &[NotifyState<'_>]) {
-    if let Err(e) = sd_notify::notify(states) {
-        warn!("could not notify systemd: {e}");
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let mut msg = String::new();
+    for s in states {
+        msg.push_str(&s.to_string());
+        msg.push('\n');
     }
+    if let Err(e) = send_nonblocking(&path, msg.as_bytes()) {
+        if e.kind() == std::io::ErrorKind::WouldBlock {
+            debug!(
+                "the service manager's notification queue is full; dropped: {}",
+                msg.trim_end()
+            );
+        } else {
+            warn!("could not notify systemd: {e}");
+        }
+    }
+}
+
+fn send_nonblocking(path: &std::ffi::OsStr, msg: &[u8]) -> std::io::Result<()> {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let bytes = path.as_bytes();
+    let addr = match bytes.first() {
+        // An abstract socket ("@name").
+        Some(b'@') => SocketAddr::from_abstract_name(&bytes[1..])?,
+        _ => SocketAddr::from_pathname(path)?,
+    };
+    let sock = UnixDatagram::unbound()?;
+    sock.set_nonblocking(true)?;
+    sock.send_to_addr(msg, &addr)?;
+    Ok(())
 }
 
 /// Startup is complete: migrations applied, scheduler running.

@@ -21,6 +21,16 @@ use crate::telemetry::Telemetry;
 
 use super::notify;
 
+/// The last error, for `STATUS=`: when, and whether it was the database
+/// being unreachable (cleared as soon as a run reaches it again).
+#[derive(Debug, Clone)]
+struct LastError {
+    job: &'static str,
+    at: DateTime<Utc>,
+    error: String,
+    database: bool,
+}
+
 /// The last thing that happened, for `STATUS=`.
 #[derive(Debug, Clone)]
 struct LastRun {
@@ -40,7 +50,7 @@ pub struct DaemonState {
     /// One flag per job: set while a run is in progress, so ticks never overlap.
     running: HashMap<&'static str, Arc<AtomicBool>>,
     last_run: Mutex<Option<LastRun>>,
-    last_error: Mutex<Option<(&'static str, String)>>,
+    last_error: Mutex<Option<LastError>>,
     pub stop: CancellationToken,
     pub tracker: TaskTracker,
     /// The permission watcher's own stop token and task, while it runs.
@@ -198,7 +208,7 @@ impl DaemonState {
                 Ok(outcome) => state.note_outcome(name, &outcome),
                 Err(e) => {
                     error!(job = name, "job {name}: run aborted: {e}");
-                    state.note_error(name, format!("run aborted: {e}"));
+                    state.note_error(name, format!("run aborted: {e}"), false);
                 }
             }
             notify::status(&state.status_line());
@@ -253,12 +263,19 @@ impl DaemonState {
 
     fn note_outcome(&self, job: &'static str, outcome: &RunOutcome) {
         let summary = match outcome {
-            RunOutcome::Completed { report, .. } => format!("ok, {} row(s)", report.rows_affected),
-            RunOutcome::Failed { error, .. } => {
-                self.note_error(job, error.clone());
+            RunOutcome::Completed { report, .. } => {
+                self.clear_error(job);
+                format!("ok, {} row(s)", report.rows_affected)
+            }
+            RunOutcome::Failed { error, database, .. } => {
+                self.note_error(job, error.clone(), *database);
                 "failed".to_string()
             }
-            RunOutcome::Skipped => "skipped (locked elsewhere)".to_string(),
+            RunOutcome::Skipped => {
+                // The lock was asked of the database: it answers.
+                self.clear_error(job);
+                "skipped (locked elsewhere)".to_string()
+            }
         };
         if let Ok(mut last) = self.last_run.lock() {
             *last = Some(LastRun {
@@ -269,9 +286,24 @@ impl DaemonState {
         }
     }
 
-    fn note_error(&self, job: &'static str, error: String) {
+    fn note_error(&self, job: &'static str, error: String, database: bool) {
         if let Ok(mut last) = self.last_error.lock() {
-            *last = Some((job, error));
+            *last = Some(LastError {
+                job,
+                at: Utc::now(),
+                error,
+                database,
+            });
+        }
+    }
+
+    /// After a run of `job` that reached the database: an outage error is
+    /// over, and so is an earlier failure of the same job.
+    fn clear_error(&self, job: &'static str) {
+        if let Ok(mut last) = self.last_error.lock() {
+            if last.as_ref().is_some_and(|e| e.database || e.job == job) {
+                *last = None;
+            }
         }
     }
 
@@ -292,7 +324,14 @@ impl DaemonState {
             .lock()
             .ok()
             .and_then(|e| e.clone())
-            .map(|(job, e)| format!("{job}: {}", e.chars().take(120).collect::<String>()))
+            .map(|e| {
+                format!(
+                    "{} at {}: {}",
+                    e.job,
+                    e.at.format("%Y-%m-%d %H:%M:%SZ"),
+                    e.error.chars().take(120).collect::<String>()
+                )
+            })
             .unwrap_or_else(|| "none".into());
         format!("last run: {last}; next: {next}; last error: {error}")
     }

@@ -8,14 +8,17 @@
 //!
 //! SQLite (one host, several processes): a lease row in `job_leases` with an
 //! expiry, taken with an upsert that only succeeds when no live lease exists,
-//! renewed between batches, deleted at the end. A crashed holder's lease
-//! simply runs out.
+//! renewed between batches, deleted at the end. A lease whose holder is
+//! provably gone (same host, and another boot, a dead process or an earlier
+//! run of this one: see [`Holder`]) is taken over at once; a lease held from
+//! another host runs out after [`LEASE_TTL`].
 
 use chrono::{NaiveDateTime, TimeDelta};
 use diesel::prelude::*;
 use diesel::query_dsl::methods::FilterDsl;
 use diesel::upsert::excluded;
 
+use super::holder::Holder;
 use super::schema::job_leases;
 use super::{Database, DbConnection, DbError};
 
@@ -67,7 +70,7 @@ pub fn with_job_lock<R>(
     db: &Database,
     conn: &mut DbConnection,
     job: &str,
-    holder: &str,
+    holder: &Holder,
     work: impl FnOnce(&mut DbConnection, &LockKeeper) -> R,
 ) -> Result<Option<R>, DbError> {
     match conn {
@@ -85,14 +88,17 @@ pub fn with_job_lock<R>(
             })
         }
         DbConnection::Sqlite(lite) => {
-            if !try_acquire_lease(lite, job, holder, super::now())? {
+            let me = holder.to_string();
+            let acquired = try_acquire_lease(lite, job, &me, super::now())?
+                || (take_over_from_gone_holder(lite, job, holder)? && try_acquire_lease(lite, job, &me, super::now())?);
+            if !acquired {
                 return Ok(None);
             }
             let keeper = LockKeeper {
-                lease: Some((job.to_string(), holder.to_string())),
+                lease: Some((job.to_string(), me.clone())),
             };
             let result = work(conn, &keeper);
-            release_lease(conn, job, holder)?;
+            release_lease(conn, job, &me)?;
             Ok(Some(result))
         }
     }
@@ -123,6 +129,34 @@ pub fn try_acquire_lease(
         .filter(job_leases::expires_at.le(now))
         .execute(conn)?;
     Ok(n == 1)
+}
+
+/// Deletes `job`'s lease when its holder is provably gone; returns whether
+/// it did. Deleting by the exact holder text means a lease renewed or taken
+/// by someone else meanwhile is left alone.
+fn take_over_from_gone_holder(conn: &mut diesel::SqliteConnection, job: &str, me: &Holder) -> Result<bool, DbError> {
+    let current: Option<String> = QueryDsl::filter(job_leases::table, job_leases::job.eq(job))
+        .select(job_leases::holder)
+        .first(conn)
+        .optional()?;
+    let Some(text) = current else {
+        // Released meanwhile: the next attempt may succeed.
+        return Ok(true);
+    };
+    let Some(other) = Holder::parse(&text) else {
+        return Ok(false);
+    };
+    if !other.is_gone(me) {
+        return Ok(false);
+    }
+    let n = diesel::delete(job_leases::table)
+        .filter(job_leases::job.eq(job))
+        .filter(job_leases::holder.eq(&text))
+        .execute(conn)?;
+    if n == 1 {
+        tracing::info!(job, "took over the lease of {job} from a holder that is gone ({text})");
+    }
+    Ok(true)
 }
 
 fn release_lease(conn: &mut DbConnection, job: &str, holder: &str) -> Result<(), DbError> {

@@ -5,6 +5,7 @@
 //! that exist on one backend only (advisory locks, upserts, pragmas) live in
 //! [`lock`] and [`migrate`], which match on the connection.
 
+pub mod holder;
 pub mod lock;
 pub mod migrate;
 pub mod postgres;
@@ -20,6 +21,7 @@ use diesel::prelude::*;
 use diesel::{PgConnection, SqliteConnection};
 
 use crate::config::{DatabaseConfig, DatabaseUrl, Secret, Secrets};
+use crate::telemetry::one_line;
 
 /// A connection to either backend.
 #[derive(diesel::MultiConnection)]
@@ -32,20 +34,80 @@ pub enum DbConnection {
 /// the database's own message, never query text or bound values.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    #[error("cannot connect to {url}: {source}")]
-    Connect {
-        url: String,
-        #[source]
-        source: diesel::ConnectionError,
-    },
+    /// `reason` is the driver's message on one line (libpq's spans several).
+    #[error("cannot connect to {url}: {reason}")]
+    Connect { url: String, reason: String },
     #[error("cannot prepare the SQLite file {path}: {source}")]
     SqliteFile { path: String, source: std::io::Error },
-    #[error("database error: {0}")]
+    #[error("database error: {}", one_line(&.0.to_string()))]
     Query(#[from] diesel::result::Error),
     #[error("the lock connection and the work connection use different backends")]
     BackendMismatch,
     #[error("migration failed: {0}")]
     Migration(String),
+}
+
+impl DbError {
+    /// Whether the database could not be reached or went away, rather than
+    /// refusing what was asked.
+    pub fn is_unreachable(&self) -> bool {
+        use diesel::result::{DatabaseErrorKind as K, Error as E};
+        match self {
+            DbError::Connect { .. } => true,
+            DbError::Query(E::DatabaseError(K::ClosedConnection | K::UnableToSendCommand, _)) => true,
+            DbError::Query(E::DatabaseError(K::Unknown, info)) => {
+                let m = info.message();
+                m.contains("server closed the connection")
+                    || m.contains("terminating connection")
+                    || m.contains("no connection to the server")
+                    || m.contains("could not receive data")
+                    || m.contains("could not send data")
+                    || m.contains("SSL SYSCALL error")
+                    || m.contains("connection to server")
+            }
+            _ => false,
+        }
+    }
+}
+
+impl DbConnection {
+    /// Runs `f` in a transaction meant to write. On SQLite it begins
+    /// `IMMEDIATE`: a deferred transaction that reads and then writes cannot
+    /// upgrade while another connection writes, and fails with "database is
+    /// locked" at once instead of waiting `busy_timeout`. An immediate one
+    /// waits for the write lock up front. Nested calls use a savepoint.
+    pub fn write_transaction<T, E, F>(&mut self, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut DbConnection) -> Result<T, E>,
+        E: From<diesel::result::Error>,
+    {
+        use diesel::connection::{AnsiTransactionManager, TransactionManager};
+        let immediate = match self {
+            DbConnection::Sqlite(lite) => {
+                let depth = AnsiTransactionManager::transaction_manager_status_mut(lite).transaction_depth()?;
+                if depth.is_none() {
+                    AnsiTransactionManager::begin_transaction_sql(lite, "BEGIN IMMEDIATE")?;
+                    true
+                } else {
+                    false
+                }
+            }
+            DbConnection::Postgres(_) => false,
+        };
+        if !immediate {
+            return self.transaction(f);
+        }
+        match f(self) {
+            Ok(value) => {
+                <DbConnection as Connection>::TransactionManager::commit_transaction(self)?;
+                Ok(value)
+            }
+            Err(e) => {
+                <DbConnection as Connection>::TransactionManager::rollback_transaction(self)?;
+                Err(e)
+            }
+        }
+    }
 }
 
 /// What a user may be shown of a query error: its kind only. The server's
@@ -94,9 +156,9 @@ impl Database {
         match &self.url {
             DatabaseUrl::Postgres(url) => {
                 let conn_str = self.postgres_connection_string(url);
-                let conn = PgConnection::establish(conn_str.expose()).map_err(|source| DbError::Connect {
+                let conn = PgConnection::establish(conn_str.expose()).map_err(|e| DbError::Connect {
                     url: self.describe(),
-                    source,
+                    reason: one_line(&e.to_string()),
                 })?;
                 Ok(DbConnection::Postgres(conn))
             }
@@ -109,9 +171,9 @@ impl Database {
                     path: path.display().to_string(),
                     source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "path is not valid UTF-8"),
                 })?;
-                let mut conn = SqliteConnection::establish(path_str).map_err(|source| DbError::Connect {
+                let mut conn = SqliteConnection::establish(path_str).map_err(|e| DbError::Connect {
                     url: self.describe(),
-                    source,
+                    reason: one_line(&e.to_string()),
                 })?;
                 // The busy timeout is a typed integer from the configuration,
                 // not text; PRAGMA takes no bind parameters.

@@ -98,6 +98,7 @@ diesel::table! {
         created_at -> Timestamp,
         sent_at -> Nullable<Timestamp>,
         updated_at -> Timestamp,
+        claimed_by -> Nullable<Text>,
     }
 }
 

@@ -71,10 +71,28 @@ pub fn record_finish(
 /// Marks as `interrupted` the runs of `job` still shown as running. Called
 /// under the job lock, so no such run can really be in progress: these were
 /// left by a process that died or was stopped past its shutdown timeout.
-pub fn close_abandoned(conn: &mut DbConnection, job: &str, now: NaiveDateTime) -> QueryResult<usize> {
+/// A job locked per host passes its `host`: only that host's runs are under
+/// the lock held, another host's may be live.
+pub fn close_abandoned(
+    conn: &mut DbConnection,
+    job: &str,
+    host: Option<&str>,
+    now: NaiveDateTime,
+) -> QueryResult<usize> {
+    let mut open = job_runs::table
+        .filter(job_runs::job.eq(job))
+        .filter(job_runs::outcome.eq("running"))
+        .into_boxed();
+    if let Some(host) = host {
+        open = open.filter(job_runs::host.eq(host));
+    }
+    let ids: Vec<i64> = open.select(job_runs::id).load(conn)?;
+    if ids.is_empty() {
+        return Ok(0);
+    }
     diesel::update(
         job_runs::table
-            .filter(job_runs::job.eq(job))
+            .filter(job_runs::id.eq_any(ids))
             .filter(job_runs::outcome.eq("running")),
     )
     .set((

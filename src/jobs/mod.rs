@@ -5,11 +5,16 @@
 //! 1. connects to the database;
 //! 2. takes the job lock ([`crate::db::lock`]) or skips, logging why;
 //! 3. records a `job_runs` row as `running`, and closes any row a crashed
-//!    earlier run left open as `interrupted`;
+//!    earlier run left open as `interrupted` (for a per-host job, only this
+//!    host's rows: another host's run may be live);
 //! 4. calls the job with a typed [`JobContext`], catching panics;
 //! 5. records the outcome, rows affected and error, and logs them with
 //!    structured fields (`JOB`, `RUN_ID`, `OUTCOME`, `ROWS_AFFECTED`,
-//!    `DURATION_MS`, `ERROR`).
+//!    `DURATION_MS`, `ERROR`), error text on one line.
+//!
+//! What an outage keeps from being written (the end of a run it cut off,
+//! runs that could not connect) is kept in [`unrecorded`] and written by the
+//! first run that connects again.
 
 pub mod expire_keys;
 pub mod history;
@@ -18,6 +23,7 @@ pub mod purge_audit;
 pub mod registry;
 pub mod renew_certs;
 pub mod revoke_grace;
+pub mod unrecorded;
 pub mod watch_perms;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -28,8 +34,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, info_span, warn};
 
 use crate::config::{Config, JobSettings};
+use crate::db::holder::Holder;
 use crate::db::lock::{with_job_lock, LockKeeper};
 use crate::db::{Database, DbConnection, DbError};
+use crate::telemetry::one_line;
 
 pub use registry::JobSpec;
 
@@ -43,6 +51,8 @@ pub struct JobContext<'a> {
     /// When the run started; jobs compare against this, not a moving clock,
     /// so one run has one notion of "now".
     pub started_at: NaiveDateTime,
+    /// This run of this process, as recorded on what it holds.
+    pub holder: &'a Holder,
     keeper: &'a LockKeeper,
     stop: &'a CancellationToken,
 }
@@ -118,6 +128,8 @@ pub enum RunOutcome {
         run_id: String,
         error: String,
         duration: Duration,
+        /// The database could not be reached or went away during the run.
+        database: bool,
     },
     /// Another process holds the job lock.
     Skipped,
@@ -136,25 +148,36 @@ pub fn execute(
     let span = info_span!("job_run", job = spec.name, run_id = %run_id);
     let _enter = span.enter();
     let started = Instant::now();
-    let fail = |error: String| {
+    let fail = |error: String, database: bool| {
         let duration = started.elapsed();
+        let error = one_line(&error);
         error!(outcome = "failed", message_id = crate::telemetry::message_ids::JOB_FAILED, error = %error, duration_ms = duration.as_millis() as u64, "job {} failed: {error}", spec.name);
         RunOutcome::Failed {
             run_id: run_id.clone(),
             error,
             duration,
+            database,
         }
     };
 
     let Some(settings) = config.job(spec.name) else {
-        return fail(format!("job {} has no settings", spec.name));
-    };
-    let mut conn = match db.connect() {
-        Ok(c) => c,
-        Err(e) => return fail(format!("{e} (this run could not be recorded)")),
+        return fail(format!("job {} has no settings", spec.name), false);
     };
     let host = config.host_name();
-    let holder = format!("{host}:{}:{run_id}", std::process::id());
+    let mut conn = match db.connect() {
+        Ok(c) => c,
+        Err(e) => {
+            let missed = unrecorded::missed_start(spec.name, &host, &e.to_string(), crate::db::now());
+            return fail(
+                format!("{e} (the run could not start: {missed} in a row; recorded once the database answers)"),
+                true,
+            );
+        }
+    };
+    if let Err(e) = unrecorded::flush(&mut conn) {
+        warn!(error = %one_line(&e.to_string()), "could not yet record the runs an outage kept from being written");
+    }
+    let holder = Holder::current(&host, &run_id);
     info!(trigger = trigger.as_str(), "job {} started", spec.name);
 
     let lock_name = spec.lock_name(&host);
@@ -165,7 +188,7 @@ pub fn execute(
         &holder,
         |conn, keeper| -> Result<JobReport, JobError> {
             let started_at = crate::db::now();
-            history::close_abandoned(conn, spec.name, started_at)?;
+            history::close_abandoned(conn, spec.name, spec.per_host.then_some(host.as_str()), started_at)?;
             history::record_start(conn, &run_id, spec.name, &host, trigger, started_at)?;
             let mut ctx = JobContext {
                 conn,
@@ -174,6 +197,7 @@ pub fn execute(
                 job: spec.name,
                 run_id: &run_id,
                 started_at,
+                holder: &holder,
                 keeper,
                 stop,
             };
@@ -186,10 +210,16 @@ pub fn execute(
                 Ok(report) => history::record_finish(ctx.conn, &run_id, "ok", report.rows_affected, None, finished_at),
                 Err(e) => history::record_finish(ctx.conn, &run_id, "failed", 0, Some(&e.to_string()), finished_at),
             };
+            let cut_off = recorded.is_err();
             if let Err(e) = recorded {
-                warn!(error = %e, "could not record the end of run {run_id}");
+                let (outcome, rows, error) = match &result {
+                    Ok(report) => ("ok", report.rows_affected, None),
+                    Err(e) => ("failed", 0, Some(one_line(&e.to_string()))),
+                };
+                unrecorded::finish_cut_off(&run_id, outcome, rows, error.as_deref(), finished_at);
+                warn!(error = %one_line(&e.to_string()), "could not record the end of run {run_id}; it is recorded once the database answers");
             }
-            if let Err(e) = &result {
+            if let (Err(e), false) = (&result, cut_off) {
                 let alerted = crate::notify::alerts::alert_on_repeated_failures(
                     ctx.conn,
                     &config.notifications,
@@ -201,7 +231,9 @@ pub fn execute(
                 match alerted {
                     Ok(n) if n > 0 => warn!("job {} keeps failing; the admins will be emailed", spec.name),
                     Ok(_) => {}
-                    Err(err) => warn!(error = %err, "could not enqueue the admin alert for job {}", spec.name),
+                    Err(err) => {
+                        warn!(error = %one_line(&err.to_string()), "could not enqueue the admin alert for job {}", spec.name)
+                    }
                 }
             }
             result
@@ -238,8 +270,14 @@ pub fn execute(
                 duration,
             }
         }
-        Ok(Some(Err(e))) => fail(e.to_string()),
-        Err(e) => fail(e.to_string()),
+        Ok(Some(Err(e))) => {
+            let database = matches!(&e, JobError::Db(db) if db.is_unreachable());
+            fail(e.to_string(), database)
+        }
+        Err(e) => {
+            let database = e.is_unreachable();
+            fail(e.to_string(), database)
+        }
     }
 }
 

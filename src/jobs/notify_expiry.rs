@@ -1,11 +1,18 @@
 //! `notify-expiry`: enqueue the warnings that became due (in the same
-//! transaction as their detection), then deliver what is pending.
+//! transaction as their detection), then deliver what is pending, chunk by
+//! chunk (see [`crate::notify::deliver`]).
+//!
+//! The run fails when it sent nothing while notices that already failed
+//! once are still undelivered, even when all of them are waiting in backoff:
+//! "failing" means mail that should have gone out has not, so an SMTP
+//! outage keeps the failure streak (and the admins' alert) going.
 
 use tracing::info;
 
 use super::{JobContext, JobError, JobReport};
-use crate::notify::deliver::{deliver_batch, release_stale, DeliveryReport};
+use crate::notify::deliver::{deliver_chunk, release_abandoned, DeliveryReport};
 use crate::notify::detect::enqueue_key_notices;
+use crate::notify::outbox;
 use crate::notify::render::Templates;
 use crate::notify::transport::Mailer;
 
@@ -22,13 +29,16 @@ pub fn run(ctx: &mut JobContext<'_>) -> Result<JobReport, JobError> {
     }
     let templates = Templates::load(cfg).map_err(|e| JobError::Failed(e.to_string()))?;
     let mailer = Mailer::from_config(cfg).map_err(|e| JobError::Failed(e.to_string()))?;
-    release_stale(ctx.conn, now)?;
+    let released = release_abandoned(ctx.conn, ctx.holder, crate::db::now())?;
+    if released > 0 {
+        info!("{released} notice(s) left sending by a run that stopped are due again");
+    }
     let mut total = DeliveryReport::default();
     let mut report = JobReport {
         rows_affected: enqueued.len() as u64,
         stopped_early: false,
     };
-    while let Some(batch) = deliver_batch(ctx.conn, cfg, &mailer, &templates, now)? {
+    while let Some(batch) = deliver_chunk(ctx.conn, cfg, &mailer, &templates, ctx.holder, now)? {
         total.messages += batch.messages;
         total.notices += batch.notices;
         total.retrying += batch.retrying;
@@ -46,11 +56,15 @@ pub fn run(ctx: &mut JobContext<'_>) -> Result<JobReport, JobError> {
         );
     }
     report.rows_affected += total.notices;
-    if total.messages == 0 && total.retrying + total.failed > 0 {
-        return Err(JobError::Failed(format!(
-            "no email could be sent ({} to retry, {} failed); see the notifications table",
-            total.retrying, total.failed
-        )));
+    if total.messages == 0 {
+        let (overdue, last_error) = outbox::overdue_after_failure(ctx.conn)?;
+        if overdue > 0 || total.failed > 0 {
+            return Err(JobError::Failed(format!(
+                "no email could be sent: {overdue} notice(s) wait to be retried, {} failed for good in this run{}; see `keywarden notifications list`",
+                total.failed,
+                last_error.map(|e| format!("; last error: {e}")).unwrap_or_default()
+            )));
+        }
     }
     Ok(report)
 }

@@ -87,7 +87,7 @@ pub fn expire_ids(conn: &mut DbConnection, ids: &[i64], now: NaiveDateTime, acto
         // One statement is one transaction.
         return crate::db::postgres::expire_keys_with_events(pg, ids, now, actor);
     }
-    conn.transaction(|conn| {
+    conn.write_transaction(|conn| {
         let expired: Vec<(i64, String)> = diesel::update(api_keys::table)
             .filter(api_keys::id.eq_any(ids))
             // Checked again: a key rotated, revoked or extended meanwhile keeps its state.
@@ -113,7 +113,7 @@ pub fn end_grace_batch(
     cursor: &mut Option<NaiveDateTime>,
 ) -> QueryResult<Vec<String>> {
     let from = cursor.unwrap_or_else(crate::db::beginning_of_time);
-    conn.transaction(|conn| {
+    conn.write_transaction(|conn| {
         let due_keys = diesel::alias!(api_keys as due_keys);
         let due = due_keys
             .select(due_keys.field(api_keys::id))

@@ -71,7 +71,7 @@ impl KeyService {
         let email = users::normalize_email(&req.owner_email)?;
         let (new, hash) = self.new_key()?;
         let limit = self.config.max_keys_per_owner;
-        let key = conn.transaction::<_, KeyError, _>(|conn| {
+        let key = conn.write_transaction::<_, KeyError, _>(|conn| {
             let owner = lock_owner(conn, &email)?;
             let held: i64 = api_keys::table
                 .filter(api_keys::owner_id.eq(owner.id))
@@ -122,7 +122,7 @@ impl KeyService {
         let grace = policy::check_grace(&self.config, grace)?;
         let (new, hash) = self.new_key()?;
         let lifetime = self.config.default_lifetime.as_duration();
-        let (old, key) = conn.transaction::<_, KeyError, _>(|conn| {
+        let (old, key) = conn.write_transaction::<_, KeyError, _>(|conn| {
             let old = find_in(conn, prefix)?;
             if old.status != status::ACTIVE {
                 return Err(KeyError::InvalidState {
@@ -189,7 +189,7 @@ impl KeyService {
         if reason.is_empty() || reason.chars().count() > 500 || reason.chars().any(char::is_control) {
             return Err(KeyError::InvalidReason);
         }
-        conn.transaction::<_, KeyError, _>(|conn| {
+        conn.write_transaction::<_, KeyError, _>(|conn| {
             let key = find_in(conn, prefix)?;
             if key.status == status::REVOKED {
                 return Err(KeyError::InvalidState {

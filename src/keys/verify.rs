@@ -133,7 +133,7 @@ impl KeyService {
             self.record_failure(conn, Some(key.id), &key.prefix, &refusal, ip.as_deref(), req, now)?;
             return Ok(VerifyOutcome::Refused(refusal));
         }
-        conn.transaction::<_, KeyError, _>(|conn| {
+        conn.write_transaction::<_, KeyError, _>(|conn| {
             diesel::update(api_keys::table.find(key.id))
                 .set((
                     api_keys::usage_count.eq(api_keys::usage_count + 1),
@@ -178,7 +178,7 @@ impl KeyService {
             status::REVOKED => Some(Refusal::Revoked),
             status::EXPIRED => Some(Refusal::Expired),
             status::ACTIVE if key.expires_at <= now => {
-                conn.transaction::<_, KeyError, _>(|conn| {
+                conn.write_transaction::<_, KeyError, _>(|conn| {
                     let n = diesel::update(api_keys::table.find(key.id))
                         .filter(api_keys::status.eq(status::ACTIVE))
                         .set((api_keys::status.eq(status::EXPIRED), api_keys::updated_at.eq(now)))
@@ -198,7 +198,7 @@ impl KeyService {
                 Some(Refusal::Expired)
             }
             status::ROTATING if key.grace_period_ends_at.is_none_or(|g| g <= now) => {
-                conn.transaction::<_, KeyError, _>(|conn| {
+                conn.write_transaction::<_, KeyError, _>(|conn| {
                     let n = diesel::update(api_keys::table.find(key.id))
                         .filter(api_keys::status.eq(status::ROTATING))
                         .set((

@@ -1,8 +1,16 @@
 //! Delivery: claim due rows, send one digest per recipient, mark the rows.
+//!
+//! What a crash or an outage can double is bounded by what is in flight:
+//! a chunk claims the rows of no more recipients than there are connections,
+//! each message is recorded sent (its own short statement) as soon as the
+//! server accepts it, a connection sends its next message only once the
+//! previous one is recorded, and delivery stops the moment a record cannot
+//! be written. A claim names its holder, so rows held by a process that is
+//! gone are claimed again at once.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc;
 
 use chrono::{NaiveDateTime, TimeDelta};
 use diesel::prelude::*;
@@ -16,15 +24,17 @@ use super::outbox::{self, Notification};
 use super::render::{build_message, AdminAlert, Templates};
 use super::transport::Mailer;
 use crate::config::NotificationsConfig;
+use crate::db::holder::Holder;
 use crate::db::schema::api_keys;
 use crate::db::DbConnection;
 use crate::keys::status as key_status;
 
-/// A row left `sending` this long is assumed abandoned and claimed again.
+/// A row left `sending` this long by a holder that cannot be judged (one on
+/// another host) is assumed abandoned and claimed again.
 pub const STALE_CLAIM: TimeDelta = TimeDelta::minutes(15);
 
-/// Rows claimed per batch.
-pub const CLAIM_BATCH: i64 = 500;
+/// Due rows looked at per claim, to find the recipients to claim for.
+pub const CLAIM_SCAN: i64 = 500;
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct DeliveryReport {
@@ -53,15 +63,19 @@ pub fn retry_delay(cfg: &NotificationsConfig, attempt: u32) -> TimeDelta {
     TimeDelta::from_std(capped + jitter).unwrap_or(TimeDelta::hours(6))
 }
 
-/// Claims and delivers one batch. `None` when nothing was due.
-pub fn deliver_batch(
+/// Claims and delivers one chunk: the due rows of as many recipients as the
+/// mailer has connections. `None` when nothing was due. An error means a
+/// row's outcome could not be recorded: stop, the rows still claimed are
+/// claimed again by the next run.
+pub fn deliver_chunk(
     conn: &mut DbConnection,
     cfg: &NotificationsConfig,
     mailer: &Mailer,
     templates: &Templates,
+    holder: &Holder,
     now: NaiveDateTime,
 ) -> QueryResult<Option<DeliveryReport>> {
-    let claimed = outbox::claim(conn, now, CLAIM_BATCH)?;
+    let claimed = outbox::claim(conn, holder, crate::db::now(), mailer.parallelism(), CLAIM_SCAN)?;
     if claimed.is_empty() {
         return Ok(None);
     }
@@ -141,35 +155,63 @@ pub fn deliver_batch(
             message,
         });
     }
-    let results = send_all(mailer, &outgoing);
-    for (out, sent) in outgoing.into_iter().zip(results) {
-        let Outgoing {
-            ids,
-            attempts,
-            recipient,
-            ..
-        } = out;
-        match sent {
-            Ok(message_id) => {
-                outbox::mark_sent(conn, &ids, &message_id, now)?;
-                report.messages += 1;
-                report.notices += ids.len() as u64;
-                info!(recipient = %recipient, notices = ids.len() as u64, "sent expiry notice for {} key(s) to {recipient}", ids.len());
-            }
-            Err(e) if attempts >= cfg.max_attempts => {
-                outbox::mark_attempt_failed(conn, &ids, &e, None, now)?;
-                report.failed += 1;
-                error!(recipient = %recipient, message_id = crate::telemetry::message_ids::NOTIFICATION_FAILED, error = %e, "giving up on the notice to {recipient} after {attempts} attempt(s): {e}");
-            }
+    let mut record_error = None;
+    send_recording(mailer, &outgoing, |i, sent| {
+        let out = &outgoing[i];
+        let recorded = record_outcome(conn, cfg, out, sent, &mut report);
+        match recorded {
+            Ok(()) => true,
             Err(e) => {
-                let next = now + retry_delay(cfg, attempts);
-                outbox::mark_attempt_failed(conn, &ids, &e, Some(next), now)?;
-                report.retrying += 1;
-                warn!(recipient = %recipient, error = %e, "notice to {recipient} failed (attempt {attempts}); retrying at {next}: {e}");
+                error!(recipient = %out.recipient, error = %crate::telemetry::one_line(&e.to_string()), "cannot record the outcome of the notice to {}; delivery stops until the database answers", out.recipient);
+                record_error = Some(e);
+                false
             }
         }
+    });
+    match record_error {
+        Some(e) => Err(e),
+        None => Ok(Some(report)),
     }
-    Ok(Some(report))
+}
+
+/// Writes what became of one message, at once.
+fn record_outcome(
+    conn: &mut DbConnection,
+    cfg: &NotificationsConfig,
+    out: &Outgoing,
+    sent: Result<String, String>,
+    report: &mut DeliveryReport,
+) -> QueryResult<()> {
+    let Outgoing {
+        ids,
+        attempts,
+        recipient,
+        ..
+    } = out;
+    let attempts = *attempts;
+    let now = crate::db::now();
+    // SMTP replies can span lines; the log record must not.
+    let sent = sent.map_err(|e| crate::telemetry::one_line(&e));
+    match sent {
+        Ok(message_id) => {
+            outbox::mark_sent(conn, ids, &message_id, now)?;
+            report.messages += 1;
+            report.notices += ids.len() as u64;
+            info!(recipient = %recipient, notices = ids.len() as u64, "sent expiry notice for {} key(s) to {recipient}", ids.len());
+        }
+        Err(e) if attempts >= cfg.max_attempts => {
+            outbox::mark_attempt_failed(conn, ids, &e, None, now)?;
+            report.failed += 1;
+            error!(recipient = %recipient, message_id = crate::telemetry::message_ids::NOTIFICATION_FAILED, error = %e, "giving up on the notice to {recipient} after {attempts} attempt(s): {e}");
+        }
+        Err(e) => {
+            let next = now + retry_delay(cfg, attempts);
+            outbox::mark_attempt_failed(conn, ids, &e, Some(next), now)?;
+            report.retrying += 1;
+            warn!(recipient = %recipient, error = %e, "notice to {recipient} failed (attempt {attempts}); retrying at {next}: {e}");
+        }
+    }
+    Ok(())
 }
 
 /// One digest ready to go.
@@ -180,16 +222,30 @@ struct Outgoing {
     message: Result<lettre::Message, String>,
 }
 
-/// Sends every message, `mailer.parallelism()` at a time; returns each
-/// one's Message-ID or error, in order.
-fn send_all(mailer: &Mailer, outgoing: &[Outgoing]) -> Vec<Result<String, String>> {
+/// Sends every message over `mailer.parallelism()` connections at once and
+/// hands each outcome (the Message-ID, or the error) to `record` on the
+/// calling thread, the only one touching the database. A connection sends
+/// its next message only after `record` returned for its previous one, so
+/// at most one accepted message per connection is ever unrecorded; once
+/// `record` returns false no new message is started.
+fn send_recording(
+    mailer: &Mailer,
+    outgoing: &[Outgoing],
+    mut record: impl FnMut(usize, Result<String, String>) -> bool,
+) {
     let next = AtomicUsize::new(0);
-    let results: Vec<Mutex<Option<Result<String, String>>>> = outgoing.iter().map(|_| Mutex::new(None)).collect();
+    let stop = AtomicBool::new(false);
     let workers = mailer.parallelism().clamp(1, outgoing.len().max(1));
+    let (done_tx, done_rx) = mpsc::channel::<(usize, Result<String, String>, mpsc::SyncSender<()>)>();
     std::thread::scope(|scope| {
         for _ in 0..workers {
-            scope.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
+            let done_tx = done_tx.clone();
+            let (next, stop) = (&next, &stop);
+            scope.spawn(move || loop {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let i = next.fetch_add(1, Ordering::SeqCst);
                 let Some(out) = outgoing.get(i) else { break };
                 let result = match &out.message {
                     Ok(msg) => {
@@ -198,18 +254,20 @@ fn send_all(mailer: &Mailer, outgoing: &[Outgoing]) -> Vec<Result<String, String
                     }
                     Err(e) => Err(e.clone()),
                 };
-                *results[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
+                let (recorded_tx, recorded_rx) = mpsc::sync_channel(1);
+                if done_tx.send((i, result, recorded_tx)).is_err() || recorded_rx.recv().is_err() {
+                    break;
+                }
             });
         }
+        drop(done_tx);
+        for (i, result, recorded) in done_rx {
+            if !stop.load(Ordering::SeqCst) && !record(i, result) {
+                stop.store(true, Ordering::SeqCst);
+            }
+            let _ = recorded.send(());
+        }
     });
-    results
-        .into_iter()
-        .map(|m| {
-            m.into_inner()
-                .unwrap_or_else(|p| p.into_inner())
-                .unwrap_or_else(|| Err("not sent".into()))
-        })
-        .collect()
 }
 
 /// Cancels API-key notices whose key was rotated or revoked, or whose expiry
@@ -259,7 +317,8 @@ fn drop_stale_key_notices(
     Ok(keep)
 }
 
-/// Puts back abandoned claims.
-pub fn release_stale(conn: &mut DbConnection, now: NaiveDateTime) -> QueryResult<usize> {
-    outbox::release_stale_claims(conn, now - STALE_CLAIM, now)
+/// Puts back abandoned claims: at once when their holder is gone, after
+/// [`STALE_CLAIM`] when it is on another host.
+pub fn release_abandoned(conn: &mut DbConnection, me: &Holder, now: NaiveDateTime) -> QueryResult<usize> {
+    outbox::release_abandoned_claims(conn, me, now - STALE_CLAIM, now)
 }

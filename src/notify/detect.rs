@@ -156,7 +156,7 @@ pub fn enqueue_key_notices(
     cfg: &NotificationsConfig,
     now: NaiveDateTime,
 ) -> QueryResult<Vec<PlannedNotice>> {
-    conn.transaction(|conn| {
+    conn.write_transaction(|conn| {
         let planned = plan_key_notices(conn, cfg, now)?;
         let mut rows = Vec::with_capacity(planned.len());
         for p in &planned {

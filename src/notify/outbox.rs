@@ -6,6 +6,7 @@ use diesel::prelude::*;
 use serde::Serialize;
 
 use super::{kind, status};
+use crate::db::holder::Holder;
 use crate::db::schema::notifications;
 use crate::db::DbConnection;
 
@@ -48,6 +49,8 @@ pub struct Notification {
     pub created_at: NaiveDateTime,
     pub sent_at: Option<NaiveDateTime>,
     pub updated_at: NaiveDateTime,
+    /// Who holds the row while it is `sending` (see [`Holder`]).
+    pub claimed_by: Option<String>,
 }
 
 /// Inserts rows, leaving alone any that already exist for the same subject,
@@ -129,35 +132,65 @@ pub fn existing_for(
     Ok(out)
 }
 
-/// Puts back rows left `sending` by a process that stopped before marking
-/// them (they are sent again: delivery is at-least-once).
-pub fn release_stale_claims(
+/// Puts back rows left `sending` by a run that stopped before marking them
+/// (they are sent again: delivery is at-least-once): at once when their
+/// holder is provably gone (see [`Holder::is_gone`]), otherwise once the
+/// claim is older than `older_than` (another host's crash). Returns how many.
+pub fn release_abandoned_claims(
     conn: &mut DbConnection,
+    me: &Holder,
     older_than: NaiveDateTime,
     now: NaiveDateTime,
 ) -> QueryResult<usize> {
-    diesel::update(notifications::table)
+    let held: Vec<(i64, Option<String>, Option<NaiveDateTime>)> = notifications::table
         .filter(notifications::status.eq(status::SENDING))
-        .filter(notifications::claimed_at.lt(older_than))
-        .set((
-            notifications::status.eq(status::PENDING),
-            notifications::updated_at.eq(now),
-        ))
-        .execute(conn)
+        .select((notifications::id, notifications::claimed_by, notifications::claimed_at))
+        .load(conn)?;
+    let ids: Vec<i64> = held
+        .into_iter()
+        .filter(|(_, by, at)| {
+            let gone = by.as_deref().and_then(Holder::parse).is_some_and(|h| h.is_gone(me));
+            gone || at.is_none_or(|at| at < older_than)
+        })
+        .map(|(id, _, _)| id)
+        .collect();
+    let mut n = 0;
+    for chunk in ids.chunks(5000) {
+        n += diesel::update(notifications::table)
+            .filter(notifications::id.eq_any(chunk))
+            .filter(notifications::status.eq(status::SENDING))
+            .set((
+                notifications::status.eq(status::PENDING),
+                notifications::claimed_by.eq(None::<String>),
+                notifications::updated_at.eq(now),
+            ))
+            .execute(conn)?;
+    }
+    Ok(n)
 }
 
-/// Claims up to `limit` due rows: they become `sending`. On PostgreSQL the
+/// Claims the due rows of at most `recipients` recipients (taken in row
+/// order from the first `scan` due rows): they become `sending`, held by
+/// `holder`. Delivery claims no more than it can have in flight, so a crash
+/// leaves at most that many messages sent but unrecorded. On PostgreSQL the
 /// rows are picked with `FOR UPDATE SKIP LOCKED`, so concurrent claimers
-/// never take the same row.
-pub fn claim(conn: &mut DbConnection, now: NaiveDateTime, limit: i64) -> QueryResult<Vec<Notification>> {
-    conn.transaction(|conn| {
-        let ids: Vec<i64> = match conn {
+/// never take the same row; on SQLite the transaction begins `IMMEDIATE`.
+pub fn claim(
+    conn: &mut DbConnection,
+    holder: &Holder,
+    now: NaiveDateTime,
+    recipients: usize,
+    scan: i64,
+) -> QueryResult<Vec<Notification>> {
+    let holder = holder.to_string();
+    conn.write_transaction(|conn| {
+        let due: Vec<(i64, String)> = match conn {
             DbConnection::Postgres(pg) => notifications::table
                 .filter(notifications::status.eq(status::PENDING))
                 .filter(notifications::next_attempt_at.le(now))
                 .order(notifications::id.asc())
-                .limit(limit)
-                .select(notifications::id)
+                .limit(scan)
+                .select((notifications::id, notifications::recipient))
                 .for_update()
                 .skip_locked()
                 .load(pg)?,
@@ -165,10 +198,21 @@ pub fn claim(conn: &mut DbConnection, now: NaiveDateTime, limit: i64) -> QueryRe
                 .filter(notifications::status.eq(status::PENDING))
                 .filter(notifications::next_attempt_at.le(now))
                 .order(notifications::id.asc())
-                .limit(limit)
-                .select(notifications::id)
+                .limit(scan)
+                .select((notifications::id, notifications::recipient))
                 .load(lite)?,
         };
+        let mut chosen: Vec<&str> = Vec::new();
+        let mut ids: Vec<i64> = Vec::new();
+        for (id, recipient) in &due {
+            if !chosen.contains(&recipient.as_str()) {
+                if chosen.len() >= recipients.max(1) {
+                    continue;
+                }
+                chosen.push(recipient);
+            }
+            ids.push(*id);
+        }
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -178,16 +222,39 @@ pub fn claim(conn: &mut DbConnection, now: NaiveDateTime, limit: i64) -> QueryRe
             .set((
                 notifications::status.eq(status::SENDING),
                 notifications::claimed_at.eq(Some(now)),
+                notifications::claimed_by.eq(Some(&holder)),
                 notifications::updated_at.eq(now),
             ))
             .execute(conn)?;
         notifications::table
             .filter(notifications::id.eq_any(&ids))
             .filter(notifications::status.eq(status::SENDING))
+            .filter(notifications::claimed_by.eq(&holder))
             .order((notifications::recipient.asc(), notifications::id.asc()))
             .select(Notification::as_select())
             .load(conn)
     })
+}
+
+/// Rows that failed at least once and wait for their next attempt (or gave
+/// up): undelivered past their due time. Returns the count and one error.
+pub fn overdue_after_failure(conn: &mut DbConnection) -> QueryResult<(i64, Option<String>)> {
+    let n: i64 = notifications::table
+        .filter(notifications::status.eq(status::PENDING))
+        .filter(notifications::attempts.gt(0))
+        .count()
+        .get_result(conn)?;
+    if n == 0 {
+        return Ok((0, None));
+    }
+    let error: Option<Option<String>> = notifications::table
+        .filter(notifications::status.eq(status::PENDING))
+        .filter(notifications::attempts.gt(0))
+        .order(notifications::updated_at.desc())
+        .select(notifications::last_error)
+        .first(conn)
+        .optional()?;
+    Ok((n, error.flatten()))
 }
 
 pub fn mark_sent(conn: &mut DbConnection, ids: &[i64], message_id: &str, now: NaiveDateTime) -> QueryResult<usize> {
@@ -195,6 +262,7 @@ pub fn mark_sent(conn: &mut DbConnection, ids: &[i64], message_id: &str, now: Na
         .filter(notifications::id.eq_any(ids))
         .set((
             notifications::status.eq(status::SENT),
+            notifications::claimed_by.eq(None::<String>),
             notifications::sent_at.eq(Some(now)),
             notifications::message_id.eq(Some(message_id)),
             notifications::attempts.eq(notifications::attempts + 1),
@@ -209,6 +277,7 @@ pub fn mark_cancelled(conn: &mut DbConnection, ids: &[i64], why: &str, now: Naiv
         .filter(notifications::id.eq_any(ids))
         .set((
             notifications::status.eq(status::CANCELLED),
+            notifications::claimed_by.eq(None::<String>),
             notifications::last_error.eq(Some(why)),
             notifications::updated_at.eq(now),
         ))
@@ -233,6 +302,7 @@ pub fn mark_attempt_failed(
         .filter(notifications::id.eq_any(ids))
         .set((
             notifications::status.eq(new_status),
+            notifications::claimed_by.eq(None::<String>),
             notifications::attempts.eq(notifications::attempts + 1),
             notifications::next_attempt_at.eq(next),
             notifications::last_error.eq(Some(error)),

@@ -183,7 +183,7 @@ pub fn record(
 ) -> QueryResult<Tally> {
     let mut tally = Tally::default();
     for chunk in observations.chunks(500) {
-        let events = conn.transaction(|conn| {
+        let events = conn.write_transaction(|conn| {
             let mut events = Vec::new();
             for obs in chunk {
                 record_one(conn, host, obs, now, &mut events)?;

@@ -284,6 +284,7 @@ impl Session {
     }
 
     fn lost_connection(&mut self, e: &diesel::result::Error) {
+        let e = crate::telemetry::one_line(&e.to_string());
         warn!("watch-perms: could not record drift: {e}; will reconcile with a full rescan");
         self.conn = None;
         self.dirty = true;

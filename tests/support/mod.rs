@@ -592,3 +592,4 @@ pub fn journal_entries(pid: u32, filter: &str) -> Vec<serde_json::Value> {
 }
 
 pub mod pebble;
+pub mod proxy;
