@@ -108,3 +108,12 @@ fn every_message_id_has_a_catalog_entry() {
         assert!(id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
     }
 }
+
+#[test]
+fn the_unit_forbids_core_files() {
+    let unit = std::fs::read_to_string(UNIT).unwrap();
+    assert!(
+        unit.lines().any(|l| l == "LimitCORE=0"),
+        "secrets live in memory: no core files"
+    );
+}

@@ -135,6 +135,7 @@ fn restore_default_sigpipe() {
 
 /// Parses the command line and runs the command.
 pub fn main() -> ExitCode {
+    forbid_core_dumps();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -211,5 +212,31 @@ pub(crate) fn connect_current(database: &Database) -> Result<DbConnection, ExitC
             eprintln!("error: {e}");
             Err(ExitCode::from(EXIT_FAILURE))
         }
+    }
+}
+
+/// Secrets (the database and SMTP passwords, API keys read from stdin) live
+/// in this process's memory: no core file, and no ptrace or /proc/PID/mem
+/// access by other processes of the same user. The unit adds `LimitCORE=0`.
+fn forbid_core_dumps() {
+    // SAFETY: prctl(PR_SET_DUMPABLE, 0) takes no pointers and only changes
+    // this process's own dumpable flag.
+    let rc = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    if rc != 0 {
+        eprintln!(
+            "keywarden: warning: cannot mark the process non-dumpable: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+#[cfg(test)]
+mod dumpable_tests {
+    #[test]
+    fn the_process_is_not_dumpable() {
+        super::forbid_core_dumps();
+        // SAFETY: PR_GET_DUMPABLE takes no arguments and returns the flag.
+        let dumpable = unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) };
+        assert_eq!(dumpable, 0);
     }
 }
