@@ -17,7 +17,7 @@
 //!
 //! The log level can be changed by a reload.
 
-use std::io::IsTerminal;
+use std::io::Write;
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 
@@ -101,11 +101,13 @@ pub fn init(target: LogTarget, level: LogLevel) -> Telemetry {
     } else {
         ActiveTarget::Stderr
     };
+    // No colours: every byte of a line is the event's, escaped (see
+    // `SafeStderr`), so a file name cannot draw on the admin's terminal.
     let fmt = (active == ActiveTarget::Stderr).then(|| {
         tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
+            .with_writer(|| SafeStderr)
             .with_target(false)
-            .with_ansi(std::io::stderr().is_terminal())
+            .with_ansi(false)
     });
     // The scheduler crate narrates its own bookkeeping at INFO; only its
     // warnings concern an admin.
@@ -166,9 +168,60 @@ pub mod message_ids {
     ];
 }
 
+/// The stderr log's writer: each record (one `write` per event) is scrubbed
+/// of loaded secrets and its control characters are escaped, so a file name
+/// holding a newline or an escape sequence cannot forge or colour a line.
+/// The journal gets the raw values in their own fields.
+struct SafeStderr;
+
+impl Write for SafeStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        let (body, newline) = match text.strip_suffix('\n') {
+            Some(body) => (body, true),
+            None => (&*text, false),
+        };
+        let scrubbed = crate::config::secret::scrub(body);
+        let mut line = printable(&scrubbed).into_owned();
+        if newline {
+            line.push('\n');
+        }
+        std::io::stderr().lock().write_all(line.as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+/// `text` with control characters (and the bidirectional overrides that
+/// reorder what a terminal shows) escaped as `\n`, `\t`, `\r` or `\u{..}`,
+/// for text output and log lines. JSON output needs no such thing.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if unsafe_char(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// Library error text on one line: libpq ends lines with `\n\t`, which
 /// would split a log record (and journald's MESSAGE) in several.
+/// Loaded secrets are scrubbed from it too ([`crate::config::secret::scrub`]):
+/// this is the text of errors from libraries, which may quote anything.
 pub fn one_line(text: &str) -> String {
+    let text = crate::config::secret::scrub(text);
     let mut out = String::with_capacity(text.len());
     for part in text.split(['\n', '\r']).map(str::trim).filter(|p| !p.is_empty()) {
         if !out.is_empty() {
@@ -189,5 +242,14 @@ mod one_line_tests {
             "server closed the connection unexpectedly This probably means the server terminated abnormally before or while processing the request."
         );
         assert_eq!(super::one_line("one\r\n\r\ntwo"), "one two");
+    }
+
+    #[test]
+    fn printable_escapes_what_could_forge_a_line() {
+        assert_eq!(super::printable("plain/path.txt"), "plain/path.txt");
+        assert_eq!(
+            super::printable("a\nFORGED 0644\x1b[31mred\u{202e}"),
+            "a\\nFORGED 0644\\u{1b}[31mred\\u{202e}"
+        );
     }
 }

@@ -194,9 +194,15 @@ fn waits_for_an_unreachable_database_without_ready(backend: Backend) {
     let db = TestDb::new(backend);
     let notify = NotifySocket::bind(db.path());
     let url = match backend {
-        // A port nothing listens on, and a directory that does not exist.
+        // A port nothing listens on, and a database file that cannot be
+        // opened (a directory stands in its place). A directory that does
+        // not exist is a configuration error instead (exit 78, tests/cli.rs).
         Backend::Postgres => "postgres://postgres@127.0.0.1:1/none".to_string(),
-        Backend::Sqlite => format!("sqlite://{}/missing/dir/k.db", db.path().display()),
+        Backend::Sqlite => {
+            let blocked = db.path().join("blocked.db");
+            std::fs::create_dir_all(&blocked).unwrap();
+            format!("sqlite://{}", blocked.display())
+        }
     };
     let config = db.path().join("down.toml");
     std::fs::write(

@@ -22,7 +22,147 @@ both_backends!(
     keys_interoperate_with_argon2_cffi,
     purge_audit_keeps_what_is_inside_the_retention,
     the_example_web_service_issues_and_verifies_keys,
+    an_unreadable_allow_list_or_scope_list_refuses_the_key,
+    a_disabled_owners_keys_do_not_verify,
 );
+
+fn issue(svc: &KeyService, conn: &mut keywarden::db::DbConnection, owner: &str, ips: &[&str]) -> (String, String) {
+    let issued = svc
+        .create(
+            conn,
+            &CreateKey {
+                owner_email: owner.into(),
+                name: "api".into(),
+                scopes: vec!["read:users".into()],
+                allowed_ips: ips.iter().map(|s| s.to_string()).collect(),
+                lifetime: None,
+            },
+            "test",
+        )
+        .unwrap();
+    (issued.full_key.expose().to_string(), issued.key.prefix.clone())
+}
+
+/// What node-postgres stores for a JavaScript array in a TEXT column, and
+/// other things that are not JSON arrays: refused by the schema, and a key
+/// that carries one anyway (written before the constraint existed) is
+/// refused at verification instead of reading as "no restriction".
+fn an_unreadable_allow_list_or_scope_list_refuses_the_key(backend: Backend) {
+    let db = TestDb::new(backend);
+    let mut conn = db.conn();
+    add_user(&mut conn, "fc@example.com");
+    let svc = service(&KeysConfig::default());
+    let (key, prefix) = issue(&svc, &mut conn, "fc@example.com", &["10.9.9.9"]);
+    for bad in ["{\"10.9.9.9\"}", "10.9.9.9", "", "{\"a\": 1}"] {
+        let written = diesel::update(api_keys::table.filter(api_keys::prefix.eq(&prefix)))
+            .set(api_keys::allowed_ips.eq(bad))
+            .execute(&mut conn);
+        assert!(written.is_err(), "the schema refuses allowed_ips = {bad:?}");
+        let written = diesel::update(api_keys::table.filter(api_keys::prefix.eq(&prefix)))
+            .set(api_keys::scopes.eq(bad))
+            .execute(&mut conn);
+        assert!(written.is_err(), "the schema refuses scopes = {bad:?}");
+    }
+    // A row from before the constraint: lift it in this test's own database.
+    let lift = match backend {
+        Backend::Sqlite => "DROP TRIGGER api_keys_json_lists_update",
+        Backend::Postgres => "ALTER TABLE api_keys DROP CONSTRAINT api_keys_allowed_ips_json_array, DROP CONSTRAINT api_keys_scopes_json_array",
+    };
+    diesel::sql_query(lift).execute(&mut conn).unwrap();
+    let elsewhere = VerifyRequest {
+        ip: "203.0.113.7".parse().ok(),
+        required_scopes: &[],
+        user_agent: None,
+        endpoint: None,
+        actor: "svc",
+    };
+    let inside = VerifyRequest {
+        ip: "10.9.9.9".parse().ok(),
+        ..elsewhere.clone()
+    };
+    assert_eq!(
+        refusal(verify(&svc, &mut conn, &key, &elsewhere)),
+        Refusal::IpNotAllowed
+    );
+    assert!(matches!(
+        verify(&svc, &mut conn, &key, &inside),
+        VerifyOutcome::Valid(_)
+    ));
+    for bad in ["{\"10.9.9.9\"}", "10.9.9.9", "[\"not an address\"]", "[1]"] {
+        diesel::update(api_keys::table.filter(api_keys::prefix.eq(&prefix)))
+            .set(api_keys::allowed_ips.eq(bad))
+            .execute(&mut conn)
+            .unwrap();
+        for req in [&elsewhere, &inside] {
+            assert_eq!(
+                refusal(verify(&svc, &mut conn, &key, req)),
+                Refusal::UnreadableRestriction("allowed_ips".into()),
+                "allowed_ips = {bad:?}"
+            );
+        }
+    }
+    diesel::update(api_keys::table.filter(api_keys::prefix.eq(&prefix)))
+        .set((api_keys::allowed_ips.eq("[]"), api_keys::scopes.eq("{read:users}")))
+        .execute(&mut conn)
+        .unwrap();
+    assert_eq!(
+        refusal(verify(&svc, &mut conn, &key, &elsewhere)),
+        Refusal::UnreadableRestriction("scopes".into())
+    );
+}
+
+fn a_disabled_owners_keys_do_not_verify(backend: Backend) {
+    let db = TestDb::new(backend);
+    let mut conn = db.conn();
+    let cfg = db.write_config("k.toml", "");
+    let owner = add_user(&mut conn, "gone@example.com");
+    let svc = service(&KeysConfig::default());
+    let (key, _) = issue(&svc, &mut conn, "gone@example.com", &[]);
+    // A warning waiting to go out, about a key of the owner.
+    add_key(&mut conn, owner, "sk_live_v2_soon", "active", ts(TimeDelta::days(3)));
+    keywarden::notify::detect::enqueue_key_notices(
+        &mut conn,
+        &keywarden::config::NotificationsConfig::default(),
+        keywarden::db::now(),
+    )
+    .unwrap();
+    let req = VerifyRequest {
+        actor: "svc",
+        ..VerifyRequest::default()
+    };
+    assert!(matches!(verify(&svc, &mut conn, &key, &req), VerifyOutcome::Valid(_)));
+
+    let out = keywarden(&cfg, &["users", "disable", "gone@example.com"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("1 pending warning(s) cancelled"), "{stdout}");
+    assert_eq!(refusal(verify(&svc, &mut conn, &key, &req)), Refusal::OwnerDisabled);
+    let pending: i64 = keywarden::db::schema::notifications::table
+        .filter(keywarden::db::schema::notifications::status.eq("pending"))
+        .count()
+        .get_result(&mut conn)
+        .unwrap();
+    assert_eq!(pending, 0);
+
+    let out = keywarden(&cfg, &["users", "enable", "gone@example.com"]);
+    assert!(out.status.success());
+    assert!(matches!(verify(&svc, &mut conn, &key, &req), VerifyOutcome::Valid(_)));
+    let events: Vec<(String, String)> = keywarden::db::schema::user_events::table
+        .order(keywarden::db::schema::user_events::id)
+        .select((
+            keywarden::db::schema::user_events::event,
+            keywarden::db::schema::user_events::actor,
+        ))
+        .load(&mut conn)
+        .unwrap();
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[0].0, "disabled");
+    assert_eq!(events[1].0, "enabled");
+    assert!(events[0].1.contains("users disable"), "{events:?}");
+    // Asking again changes nothing and records nothing.
+    let out = keywarden(&cfg, &["users", "enable", "gone@example.com"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("already enabled"));
+}
 
 /// One HTTP/1.1 exchange with the example service; returns (status, body).
 fn http(port: u16, request: &str) -> (u16, serde_json::Value) {

@@ -125,6 +125,10 @@ fn each_owner_gets_one_digest_per_window_as_eml_files(backend: Backend) {
     ok(keywarden(&cfg, &["jobs", "run", "notify-expiry"]));
     let files = emls(&outbox);
     assert_eq!(files.len(), 2, "one email per owner: {files:?}");
+    for f in &files {
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(f).unwrap().permissions()) & 0o7777;
+        assert_eq!(mode, 0o600, "{} names an owner and their keys: 0600", f.display());
+    }
     let mut subjects = Vec::new();
     for f in &files {
         let raw = std::fs::read(f).unwrap();

@@ -21,7 +21,47 @@ both_backends!(
     rescans_record_once_resolve_and_digest_for_admins,
     past_the_inotify_watch_limit_unwatched_directories_are_rescanned,
     drift_reaches_journald_with_its_fields,
+    a_watched_directory_swapped_for_a_symlink_yields_nothing_from_outside,
 );
+
+/// A watched directory moved away and replaced by a symlink to elsewhere:
+/// events still arrive for the old directory under its old name, and they
+/// must never be answered with what the symlink leads to.
+fn a_watched_directory_swapped_for_a_symlink_yields_nothing_from_outside(backend: Backend) {
+    let db = TestDb::new(backend);
+    let root = app_root(db.path());
+    let outside = db.path().join("outside/conf");
+    write(&outside.join("database.json"), 0o644);
+    let mut conn = db.conn();
+    let mut daemon = start_watching(&db, &policy(&root, false));
+    // Moved within the root: still watched, under its old name.
+    std::fs::rename(root.join("config"), root.join("config.old")).unwrap();
+    std::os::unix::fs::symlink(&outside, root.join("config")).unwrap();
+    let old = root.join("config.old/database.json");
+    for mode in [0o640, 0o600].repeat(5) {
+        chmod(&old, mode);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // The watcher is working: a real change in the root is caught.
+    let env = root.join(".env");
+    chmod(&env, 0o644);
+    eventually(10 * SECOND, "the watcher answers", || {
+        !actions_for(&mut conn, &env).is_empty()
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let swapped = root.join("config/database.json").display().to_string();
+    let seen: Vec<(String, Option<i32>)> = permission_events::table
+        .filter(permission_events::path.eq(&swapped))
+        .select((permission_events::action, permission_events::found_mode))
+        .load(&mut conn)
+        .unwrap();
+    assert!(
+        seen.iter().all(|(_, mode)| *mode != Some(0o644)),
+        "the mode of a file outside the root was recorded: {seen:?}"
+    );
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait_exit(30 * SECOND).code(), Some(0));
+}
 
 fn drift_reaches_journald_with_its_fields(backend: Backend) {
     let db = TestDb::new(backend);

@@ -37,6 +37,34 @@ type Answers<T> = Arc<Mutex<HashMap<String, T>>>;
 pub struct HttpResponder {
     answers: Answers<String>,
     task: JoinHandle<()>,
+    /// Where it listens (the port, when bound to port 0).
+    pub local_addr: SocketAddr,
+}
+
+/// Connections a challenge listener serves at once; more are closed at
+/// once. The CA validates with a handful; the limit is for everyone else.
+const MAX_CONNECTIONS: usize = 64;
+
+/// The longest one connection may take, reading and answering together.
+const CONNECTION_TIME: Duration = Duration::from_secs(10);
+
+/// Accepts one connection with a permit from `limit`. `None` when the
+/// accept failed (after a short pause, so an exhausted descriptor table
+/// does not spin) or no permit was free (the connection is closed).
+async fn accept_bounded(
+    listener: &TcpListener,
+    limit: &Arc<tokio::sync::Semaphore>,
+) -> Option<(tokio::net::TcpStream, tokio::sync::OwnedSemaphorePermit)> {
+    match listener.accept().await {
+        Ok((stream, _)) => match limit.clone().try_acquire_owned() {
+            Ok(permit) => Some((stream, permit)),
+            Err(_) => None,
+        },
+        Err(_) => {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            None
+        }
+    }
 }
 
 impl HttpResponder {
@@ -44,19 +72,24 @@ impl HttpResponder {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|e| AcmeError::Challenge(format!("cannot listen on {addr} for http-01: {e}")))?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|e| AcmeError::Challenge(format!("cannot listen on {addr} for http-01: {e}")))?;
         let answers: Answers<String> = Arc::default();
         let shared = answers.clone();
         let task = tokio::spawn(async move {
+            let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
             loop {
-                let Ok((mut stream, _)) = listener.accept().await else {
+                let Some((mut stream, permit)) = accept_bounded(&listener, &limit).await else {
                     continue;
                 };
                 let answers = shared.clone();
                 tokio::spawn(async move {
+                    let _permit = permit;
                     let mut buf = vec![0u8; 4096];
                     let mut len = 0;
                     // Read the request head (bounded, with a deadline).
-                    let read = tokio::time::timeout(Duration::from_secs(10), async {
+                    let read = tokio::time::timeout(CONNECTION_TIME, async {
                         while len < buf.len() {
                             let n = stream.read(&mut buf[len..]).await.unwrap_or(0);
                             if n == 0 {
@@ -86,12 +119,19 @@ impl HttpResponder {
                         ),
                         None => "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_string(),
                     };
-                    let _ = stream.write_all(response.as_bytes()).await;
-                    let _ = stream.shutdown().await;
+                    let _ = tokio::time::timeout(CONNECTION_TIME, async {
+                        let _ = stream.write_all(response.as_bytes()).await;
+                        let _ = stream.shutdown().await;
+                    })
+                    .await;
                 });
             }
         });
-        Ok(HttpResponder { answers, task })
+        Ok(HttpResponder {
+            answers,
+            task,
+            local_addr,
+        })
     }
 
     pub fn add(&self, token: &str, key_authorization: &str) {
@@ -177,18 +217,21 @@ impl AlpnResponder {
         config.alpn_protocols = vec![b"acme-tls/1".to_vec()];
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let task = tokio::spawn(async move {
+            let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
+                let Some((stream, permit)) = accept_bounded(&listener, &limit).await else {
                     continue;
                 };
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
+                    let _permit = permit;
                     // The handshake is the whole answer.
-                    if let Ok(Ok(mut tls)) =
-                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await
-                    {
-                        let _ = tls.shutdown().await;
-                    }
+                    let _ = tokio::time::timeout(CONNECTION_TIME, async {
+                        if let Ok(mut tls) = acceptor.accept(stream).await {
+                            let _ = tls.shutdown().await;
+                        }
+                    })
+                    .await;
                 });
             }
         });
@@ -252,5 +295,46 @@ impl Drop for DnsRecord {
         if let Err(e) = hooks::run(&argv, &[], self.timeout) {
             tracing::warn!("dns-01 cleanup hook failed for {}: {e}", self.name);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Idle connections hold at most MAX_CONNECTIONS permits; one more is
+    /// closed at once, and the CA's request is answered once they go.
+    #[tokio::test]
+    async fn the_http_listener_bounds_its_connections() {
+        let responder = HttpResponder::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        responder.add("tok", "tok.thumb");
+        let addr = responder.local_addr;
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut extra = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut buf = [0u8; 16];
+        let closed = tokio::time::timeout(Duration::from_secs(2), extra.read(&mut buf)).await;
+        assert!(
+            matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+            "the connection beyond the limit is closed at once"
+        );
+        drop(idle);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut ca = tokio::net::TcpStream::connect(addr).await.unwrap();
+        ca.write_all(b"GET /.well-known/acme-challenge/tok HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(5), ca.read_to_string(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            answer.starts_with("HTTP/1.1 200") && answer.ends_with("tok.thumb"),
+            "{answer}"
+        );
     }
 }

@@ -6,7 +6,14 @@ use std::process::ExitCode;
 
 pub fn run(path: &Path) -> ExitCode {
     match super::load_config(path) {
-        Ok(_) => {
+        Ok(config) => {
+            let problems = config.check_local();
+            if !problems.is_empty() {
+                for p in problems {
+                    eprintln!("{}: {p}", config.source.display());
+                }
+                return ExitCode::from(super::EXIT_CONFIG);
+            }
             println!("ok");
             ExitCode::SUCCESS
         }

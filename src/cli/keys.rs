@@ -2,6 +2,7 @@
 //! A key is printed once, on stdout, at creation or rotation; keys are read
 //! from stdin, never from arguments.
 
+use crate::telemetry::printable;
 use std::io::{IsTerminal, Read, Write};
 use std::net::IpAddr;
 use std::path::Path;
@@ -207,8 +208,8 @@ pub fn run(path: &Path, cmd: KeysCommand) -> ExitCode {
                             "{:<30}  {:<9}  {:<24}  {:<28}  {:<20}  {:>6}  {}",
                             k.key.prefix,
                             k.key.status,
-                            k.key.name.chars().take(24).collect::<String>(),
-                            k.owner_email.chars().take(28).collect::<String>(),
+                            printable(&k.key.name.chars().take(24).collect::<String>()),
+                            printable(&k.owner_email.chars().take(28).collect::<String>()),
                             ts(k.key.expires_at),
                             k.key.usage_count,
                             k.key.last_used_at.map(ts).unwrap_or_else(|| "-".into())
@@ -245,7 +246,11 @@ pub fn run(path: &Path, cmd: KeysCommand) -> ExitCode {
         KeysCommand::Revoke { prefix, reason } => {
             match service.revoke(&mut conn, &prefix, &reason, &actor("keys revoke")) {
                 Ok(k) => {
-                    println!("revoked {} ({})", k.prefix, k.revoked_reason.unwrap_or_default());
+                    println!(
+                        "revoked {} ({})",
+                        k.prefix,
+                        printable(&k.revoked_reason.unwrap_or_default())
+                    );
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(e),
@@ -276,8 +281,10 @@ pub fn run(path: &Path, cmd: KeysCommand) -> ExitCode {
                         "  {}  {:<13}  {}{}{}",
                         ts(e.created_at),
                         e.event,
-                        e.actor,
-                        e.reason.map(|r| format!("  reason: {r}")).unwrap_or_default(),
+                        printable(&e.actor),
+                        e.reason
+                            .map(|r| format!("  reason: {}", printable(&r)))
+                            .unwrap_or_default(),
                         e.ip.map(|ip| format!("  ip: {ip}")).unwrap_or_default()
                     );
                 }
@@ -346,7 +353,7 @@ fn print_new_key(key: &ApiKey, full: &str) {
 
 fn show(k: &ApiKey) {
     println!("Prefix:      {}", k.prefix);
-    println!("Name:        {}", k.name);
+    println!("Name:        {}", printable(&k.name));
     println!("Status:      {}", k.status);
     println!("Version:     {}", k.version);
     println!("Owner id:    {}", k.owner_id);
@@ -368,7 +375,7 @@ fn show(k: &ApiKey) {
         println!(
             "Revoked:     {} ({})",
             ts(t),
-            k.revoked_reason.clone().unwrap_or_default()
+            printable(&k.revoked_reason.clone().unwrap_or_default())
         );
     }
     println!("Uses:        {}", k.usage_count);

@@ -5,6 +5,7 @@
 //! from cron); `--fix` puts back everything fixable, through the same safe
 //! remediation the daemon uses. `perms events` reads the recorded history.
 
+use crate::telemetry::printable;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -184,10 +185,11 @@ fn scan_command(path: &Path, fix: bool, json: bool) -> ExitCode {
             if let Some(r) = remedy_text(&v.path) {
                 line.push_str(&format!(" -> {r}"));
             }
-            println!("{line}");
+            // A file name may hold a newline or an escape sequence.
+            println!("{}", printable(&line));
         }
         for (p, e) in &report.errors {
-            eprintln!("warning: cannot examine {}: {e}", p.display());
+            eprintln!("warning: cannot examine {}: {e}", printable(&p.display().to_string()));
         }
         println!(
             "{} file(s) in {} director(ies) checked; {} violation(s){}",
@@ -244,9 +246,9 @@ fn events_command(path: &Path, since: Option<&str>, host: Option<&str>, limit: i
                     e.host.chars().take(16).collect::<String>(),
                     e.found_mode.map(|m| format!("{m:04o}")).unwrap_or_else(|| "-".into()),
                     owner,
-                    e.path,
+                    printable(&e.path),
                     e.expected,
-                    e.detail.map(|d| format!("; {d}")).unwrap_or_default()
+                    e.detail.map(|d| format!("; {}", printable(&d))).unwrap_or_default()
                 );
             }
             ExitCode::SUCCESS

@@ -12,6 +12,12 @@ pub fn run(path: &Path) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    // A missing SQLite directory is a configuration error, not an outage
+    // to wait out.
+    if let Some(problem) = config.sqlite_directory_problem() {
+        eprintln!("{}: {problem}", config.source.display());
+        return ExitCode::from(super::EXIT_CONFIG);
+    }
     let database = match open_database(&config) {
         Ok(d) => d,
         Err(code) => return code,

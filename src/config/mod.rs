@@ -177,9 +177,11 @@ impl DatabaseUrl {
         }
     }
 
-    /// True when a password is written into the URL itself.
+    /// True when a password is written into the URL itself, as
+    /// `user:password@` or as a `password=` (or `sslpassword=`) parameter.
     pub fn has_inline_password(&self) -> bool {
-        matches!(self, DatabaseUrl::Postgres(u) if u.password().is_some())
+        matches!(self, DatabaseUrl::Postgres(u)
+            if u.password().is_some() || u.query_pairs().any(|(k, _)| is_password_parameter(&k)))
     }
 
     pub fn backend_name(&self) -> &'static str {
@@ -190,6 +192,11 @@ impl DatabaseUrl {
     }
 }
 
+/// Query parameters of a PostgreSQL URL that carry a password.
+pub fn is_password_parameter(key: &str) -> bool {
+    matches!(key, "password" | "sslpassword")
+}
+
 /// Shows the URL without any password, so it is safe in logs.
 impl fmt::Display for DatabaseUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -198,6 +205,20 @@ impl fmt::Display for DatabaseUrl {
                 let mut shown = u.clone();
                 if shown.password().is_some() {
                     let _ = shown.set_password(Some("redacted"));
+                }
+                if u.query_pairs().any(|(k, _)| is_password_parameter(&k)) {
+                    let pairs: Vec<(String, String)> = u
+                        .query_pairs()
+                        .map(|(k, v)| {
+                            let v = if is_password_parameter(&k) {
+                                "redacted".into()
+                            } else {
+                                v.into_owned()
+                            };
+                            (k.into_owned(), v)
+                        })
+                        .collect();
+                    shown.query_pairs_mut().clear().extend_pairs(pairs);
                 }
                 write!(f, "{shown}")
             }
@@ -973,6 +994,53 @@ impl Config {
         })
     }
 
+    /// What can be checked on this machine without reading any secret:
+    /// every secret file exists, is a regular file and is not readable by
+    /// everyone, and an SQLite database's directory exists. `check-config`
+    /// reports these, so it passes only what `run` accepts; `run` stops on
+    /// the SQLite directory (exit 78) instead of retrying forever.
+    pub fn check_local(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut sources: Vec<(&str, &SecretSource)> = Vec::new();
+        if let Some(pw) = &self.database.password {
+            sources.push(("database.password", pw));
+        }
+        if let Some(pw) = self.notifications.smtp.as_ref().and_then(|s| s.password.as_ref()) {
+            sources.push(("notifications.smtp.password", pw));
+        }
+        if let Some(eab) = self.acme.as_ref().and_then(|a| a.eab.as_ref()) {
+            sources.push(("acme.eab.hmac_key", &eab.hmac_key));
+        }
+        for (key, src) in sources {
+            if let Err(e) = src.check_without_reading() {
+                out.push(format!("{key}: {e}"));
+            }
+        }
+        if let Some(e) = self.sqlite_directory_problem() {
+            out.push(e);
+        }
+        out
+    }
+
+    /// Why the SQLite file cannot be created or opened where configured.
+    pub fn sqlite_directory_problem(&self) -> Option<String> {
+        let DatabaseUrl::Sqlite(path) = &self.database.url else {
+            return None;
+        };
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        match std::fs::metadata(&dir) {
+            Ok(m) if m.is_dir() => None,
+            Ok(_) => Some(format!("database.url: {} is not a directory", dir.display())),
+            Err(e) => Some(format!(
+                "database.url: the directory {} of the SQLite database cannot be used: {e} (create it, or point database.url elsewhere)",
+                dir.display()
+            )),
+        }
+    }
+
     /// Reads the secrets this configuration refers to.
     pub fn load_secrets(&self) -> Result<Secrets, SecretError> {
         let database_password = match &self.database.password {
@@ -1058,7 +1126,14 @@ impl Collector<'_> {
     }
 
     fn toml(&mut self, e: &toml::de::Error) {
-        let message = e.message().trim().to_string();
+        let mut message = e.message().trim().to_string();
+        // Name the key a secret source was expected for (the message itself
+        // never carries the value).
+        if message.starts_with(secret::SECRET_FORMS) {
+            if let Some(key) = e.span().and_then(|s| key_on_line(self.text, s.start)) {
+                message = format!("{key}: {message}");
+            }
+        }
         self.errors.push(ConfigError {
             file: self.file.to_path_buf(),
             position: e.span().map(|s| line_col(self.text, s.start)),
@@ -1076,6 +1151,15 @@ impl Collector<'_> {
             }
         }
     }
+}
+
+/// The key written before `=` on the line holding `offset`.
+fn key_on_line(text: &str, offset: usize) -> Option<String> {
+    let line_start = text.get(..offset)?.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let line = text.get(line_start..offset)?;
+    let key = line.split('=').next()?.trim().trim_start_matches('{').trim();
+    let key = key.rsplit([',', '{']).next()?.trim();
+    (!key.is_empty() && key.len() <= 80 && !key.contains(char::is_whitespace)).then(|| key.to_string())
 }
 
 /// 1-based line and column (in characters) of a byte offset.

@@ -187,27 +187,90 @@ impl Database {
         }
     }
 
-    /// The libpq URL with the password and timeouts filled in. It is a
-    /// `Secret` because it holds the password.
+    /// The libpq connection string, in its `keyword='value'` form: the URL's
+    /// parts decoded once, the password inserted as it was read (a `%` or a
+    /// quote in it is never re-encoded into text that libpq would decode
+    /// again or quote back in an error), timeouts and the application name
+    /// added. It is a `Secret` because it holds the password.
     fn postgres_connection_string(&self, url: &url::Url) -> Secret {
-        let mut url = url.clone();
-        if let Some(pw) = &self.password {
-            let _ = url.set_password(Some(pw.expose()));
+        let mut pairs: Vec<(String, String)> = Vec::new();
+        if let Some(host) = url.host_str() {
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            pairs.push(("host".into(), host.to_string()));
         }
-        let has = |k: &str| url.query_pairs().any(|(key, _)| key == k);
-        let add_timeout = !has("connect_timeout");
-        let add_name = !has("application_name");
-        {
-            let mut q = url.query_pairs_mut();
-            if add_timeout {
-                q.append_pair("connect_timeout", &self.connect_timeout.as_secs().max(1).to_string());
-            }
-            if add_name {
-                q.append_pair("application_name", "keywarden");
+        if let Some(port) = url.port() {
+            pairs.push(("port".into(), port.to_string()));
+        }
+        if !url.username().is_empty() {
+            pairs.push(("user".into(), percent_decode(url.username())));
+        }
+        let dbname = url.path().trim_start_matches('/');
+        if !dbname.is_empty() {
+            pairs.push(("dbname".into(), percent_decode(dbname)));
+        }
+        match (&self.password, url.password()) {
+            (Some(pw), _) => pairs.push(("password".into(), pw.expose().to_string())),
+            (None, Some(inline)) => pairs.push(("password".into(), percent_decode(inline))),
+            (None, None) => {}
+        }
+        for (k, v) in url.query_pairs() {
+            // A query parameter may not override what the URL's own parts
+            // (or the password source) set.
+            if !pairs.iter().any(|(have, _)| *have == k) {
+                pairs.push((k.into_owned(), v.into_owned()));
             }
         }
-        Secret::new(String::from(url))
+        let has = |pairs: &[(String, String)], k: &str| pairs.iter().any(|(key, _)| key == k);
+        if !has(&pairs, "connect_timeout") {
+            pairs.push((
+                "connect_timeout".into(),
+                self.connect_timeout.as_secs().max(1).to_string(),
+            ));
+        }
+        if !has(&pairs, "application_name") {
+            pairs.push(("application_name".into(), "keywarden".into()));
+        }
+        let mut out = String::new();
+        for (k, v) in &pairs {
+            if !out.is_empty() {
+                out.push(' ');
+            }
+            out.push_str(k);
+            out.push_str("='");
+            for c in v.chars() {
+                if c == '\\' || c == '\'' {
+                    out.push('\\');
+                }
+                out.push(c);
+            }
+            out.push('\'');
+        }
+        for (_, v) in &mut pairs {
+            zeroize::Zeroize::zeroize(v);
+        }
+        Secret::new(out)
     }
+}
+
+/// Percent-decoding of a URL component (an invalid sequence is kept as
+/// written).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let hex = |at: usize| bytes.get(at).and_then(|b| (*b as char).to_digit(16));
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            if let (Some(h), Some(l)) = (hex(i + 1), hex(i + 2)) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Creates the SQLite file with mode 0600 if it does not exist yet, so the
@@ -233,4 +296,48 @@ pub fn beginning_of_time() -> chrono::NaiveDateTime {
     chrono::NaiveDate::from_ymd_opt(1, 1, 1)
         .and_then(|d| d.and_hms_opt(0, 0, 0))
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn database(url: &str, password: Option<&str>) -> (Database, url::Url) {
+        let cfg = crate::config::Config::from_toml(Path::new("t.toml"), &format!("[database]\nurl = \"{url}\"\n"))
+            .expect("config");
+        let secrets = Secrets {
+            database_password: password.map(Secret::new),
+            ..Secrets::default()
+        };
+        let DatabaseUrl::Postgres(u) = cfg.database.url.clone() else {
+            panic!("postgres")
+        };
+        (Database::new(&cfg.database, &secrets), u)
+    }
+
+    #[test]
+    fn the_password_goes_to_libpq_as_read() {
+        let (db, url) = database(
+            "postgres://kw%40x@db.example:6543/key%20warden?sslmode=require",
+            Some("p%41ss'w\\rd"),
+        );
+        let conn = db.postgres_connection_string(&url);
+        assert_eq!(
+            conn.expose(),
+            "host='db.example' port='6543' user='kw@x' dbname='key warden' password='p%41ss\\'w\\\\rd' \
+             sslmode='require' connect_timeout='10' application_name='keywarden'"
+        );
+    }
+
+    #[test]
+    fn query_parameters_cannot_override_the_password_source() {
+        let (db, url) = database(
+            "postgres://kw@db/kw?password=inline&application_name=x",
+            Some("fromfile"),
+        );
+        let conn = db.postgres_connection_string(&url);
+        assert!(conn.expose().contains("password='fromfile'"), "{}", conn.expose());
+        assert!(!conn.expose().contains("inline"));
+        assert!(conn.expose().contains("application_name='x'") && !conn.expose().contains("'keywarden'"));
+    }
 }

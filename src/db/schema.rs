@@ -75,9 +75,28 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    user_events (id) {
+        id -> BigInt,
+        user_id -> BigInt,
+        event -> Text,
+        actor -> Text,
+        created_at -> Timestamp,
+    }
+}
+
 diesel::joinable!(api_keys -> users (owner_id));
+diesel::joinable!(user_events -> users (user_id));
 diesel::joinable!(api_key_events -> api_keys (key_id));
-diesel::allow_tables_to_appear_in_same_query!(job_runs, job_leases, users, api_keys, api_key_events, notifications);
+diesel::allow_tables_to_appear_in_same_query!(
+    job_runs,
+    job_leases,
+    users,
+    api_keys,
+    api_key_events,
+    notifications,
+    user_events
+);
 
 diesel::table! {
     notifications (id) {

@@ -55,8 +55,27 @@ impl ApiKey {
     }
 }
 
+impl ApiKey {
+    /// The scopes, or `None` when the stored value is not a JSON array of
+    /// strings (verification then refuses the key: it fails closed).
+    pub fn scopes_checked(&self) -> Option<Vec<String>> {
+        serde_json::from_str::<Vec<String>>(&self.scopes).ok()
+    }
+
+    /// The allow-list, or `None` when the stored value is not a JSON array
+    /// of addresses and CIDR ranges. An entry keywarden cannot read never
+    /// widens what the key may do: the whole key is refused.
+    pub fn allowed_ips_checked(&self) -> Option<Vec<String>> {
+        let list = serde_json::from_str::<Vec<String>>(&self.allowed_ips).ok()?;
+        list.iter()
+            .all(|e| e.parse::<ipnet::IpNet>().is_ok() || e.parse::<std::net::IpAddr>().is_ok())
+            .then_some(list)
+    }
+}
+
 /// Lists are stored as JSON arrays of strings (readable from any language);
-/// anything else reads as empty.
+/// for display, anything else reads as empty. Decisions use the `_checked`
+/// readers above.
 pub fn parse_list(json: &str) -> Vec<String> {
     serde_json::from_str(json).unwrap_or_default()
 }

@@ -4,7 +4,7 @@ use diesel::prelude::*;
 
 use super::error::KeyError;
 use super::model::User;
-use crate::db::schema::users;
+use crate::db::schema::{user_events, users};
 use crate::db::DbConnection;
 
 diesel::define_sql_function! {
@@ -72,4 +72,37 @@ pub fn find_by_id(conn: &mut DbConnection, id: i64) -> Result<Option<User>, KeyE
 
 pub fn list(conn: &mut DbConnection) -> Result<Vec<User>, KeyError> {
     Ok(users::table.order(users::email).select(User::as_select()).load(conn)?)
+}
+
+/// Disables (`active = false`) or enables an owner, with a `user_events`
+/// row naming `actor`, in one transaction. A disabled owner's keys no longer
+/// verify and get no warnings. Returns the owner and whether anything
+/// changed (asking for the status it already has changes nothing).
+pub fn set_active(conn: &mut DbConnection, email: &str, active: bool, actor: &str) -> Result<(User, bool), KeyError> {
+    let email = normalize_email(email)?;
+    let (to, event) = if active {
+        ("active", "enabled")
+    } else {
+        ("disabled", "disabled")
+    };
+    conn.write_transaction(|conn| {
+        let user = find_by_email(conn, &email)?.ok_or_else(|| KeyError::UnknownOwner(email.clone()))?;
+        if user.status == to {
+            return Ok((user, false));
+        }
+        let now = crate::db::now();
+        diesel::update(users::table.find(user.id))
+            .set((users::status.eq(to), users::updated_at.eq(now)))
+            .execute(conn)?;
+        diesel::insert_into(user_events::table)
+            .values((
+                user_events::user_id.eq(user.id),
+                user_events::event.eq(event),
+                user_events::actor.eq(actor),
+                user_events::created_at.eq(now),
+            ))
+            .execute(conn)?;
+        let user = find_by_id(conn, user.id)?.ok_or_else(|| KeyError::UnknownOwner(email.clone()))?;
+        Ok((user, true))
+    })
 }

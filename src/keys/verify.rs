@@ -5,7 +5,9 @@
 //! 2. the row is looked up by prefix, and the Argon2 verify always runs: on
 //!    the stored hash, or on a decoy when the prefix is unknown, so an
 //!    unknown prefix costs the same time as a wrong secret;
-//! 3. only then are status, expiry, grace, allow-list and scopes checked;
+//! 3. only then are status, expiry, grace, the owner's status, allow-list
+//!    and scopes checked; a stored allow-list or scope list that cannot be
+//!    read refuses the key (fail closed), it never reads as "no limit";
 //! 4. a success increments `usage_count` with `SET usage_count =
 //!    usage_count + 1` (never read-modify-write) and writes a `used` event;
 //!    a refusal writes a `verify_failed` event with its reason.
@@ -21,7 +23,7 @@ use super::format::{self, KeyFormatError};
 use super::model::ApiKey;
 use super::service::KeyService;
 use super::{event, policy, record_events_for, status, NewKeyEvent};
-use crate::db::schema::api_keys;
+use crate::db::schema::{api_keys, users};
 use crate::db::DbConnection;
 
 /// Who is presenting the key, for the allow-list and the audit trail.
@@ -61,6 +63,10 @@ pub enum Refusal {
     GraceEnded,
     IpNotAllowed,
     MissingScope(String),
+    /// The key's owner is disabled (`keywarden users disable`).
+    OwnerDisabled,
+    /// A stored restriction cannot be read; the column is named.
+    UnreadableRestriction(String),
 }
 
 impl Refusal {
@@ -74,6 +80,8 @@ impl Refusal {
             Refusal::GraceEnded => "grace period ended".into(),
             Refusal::IpNotAllowed => "address not in the allow-list".into(),
             Refusal::MissingScope(s) => format!("missing scope {s}"),
+            Refusal::OwnerDisabled => "owner disabled".into(),
+            Refusal::UnreadableRestriction(column) => format!("{column} cannot be read; the key is refused"),
         }
     }
 }
@@ -103,14 +111,15 @@ impl KeyService {
             Ok(p) => p,
             Err(e) => return Ok(VerifyOutcome::Refused(e.into())),
         };
-        let row: Option<ApiKey> = api_keys::table
+        let row: Option<(ApiKey, String)> = api_keys::table
+            .inner_join(users::table)
             .filter(api_keys::prefix.eq(parsed.prefix))
-            .select(ApiKey::as_select())
+            .select((ApiKey::as_select(), users::status))
             .first(conn)
             .optional()?;
         let now = crate::db::now();
         let ip = req.ip.map(|i| i.to_string());
-        let Some(key) = row else {
+        let Some((key, owner_status)) = row else {
             self.hasher.verify_decoy(parsed.secret());
             self.record_failure(conn, None, parsed.prefix, &Refusal::UnknownKey, ip.as_deref(), req, now)?;
             return Ok(VerifyOutcome::Refused(Refusal::UnknownKey));
@@ -121,13 +130,18 @@ impl KeyService {
         } else {
             self.status_refusal(conn, &key, now, req.actor)?
         }
-        .or_else(|| (!policy::ip_allowed(&key.allowed_ip_list(), req.ip)).then_some(Refusal::IpNotAllowed))
-        .or_else(|| {
-            let scopes = key.scope_list();
-            req.required_scopes
+        .or_else(|| (owner_status != "active").then_some(Refusal::OwnerDisabled))
+        .or_else(|| match key.allowed_ips_checked() {
+            None => Some(Refusal::UnreadableRestriction("allowed_ips".into())),
+            Some(list) => (!policy::ip_allowed(&list, req.ip)).then_some(Refusal::IpNotAllowed),
+        })
+        .or_else(|| match key.scopes_checked() {
+            None => Some(Refusal::UnreadableRestriction("scopes".into())),
+            Some(scopes) => req
+                .required_scopes
                 .iter()
                 .find(|s| !scopes.iter().any(|have| have == *s))
-                .map(|s| Refusal::MissingScope(s.to_string()))
+                .map(|s| Refusal::MissingScope(s.to_string())),
         });
         if let Some(refusal) = refusal {
             self.record_failure(conn, Some(key.id), &key.prefix, &refusal, ip.as_deref(), req, now)?;

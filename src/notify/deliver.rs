@@ -25,7 +25,7 @@ use super::render::{build_message, AdminAlert, Templates};
 use super::transport::Mailer;
 use crate::config::NotificationsConfig;
 use crate::db::holder::Holder;
-use crate::db::schema::api_keys;
+use crate::db::schema::{api_keys, users};
 use crate::db::DbConnection;
 use crate::keys::status as key_status;
 
@@ -283,8 +283,11 @@ fn drop_stale_key_notices(
         .filter(|r| r.subject_kind == kind::API_KEY)
         .filter_map(|r| r.subject_id.parse().ok())
         .collect();
+    // A key of a disabled owner reads as absent: its notice is dropped.
     let current: HashMap<i64, (String, NaiveDateTime)> = api_keys::table
+        .inner_join(users::table)
         .filter(api_keys::id.eq_any(&key_ids))
+        .filter(users::status.eq("active"))
         .select((api_keys::id, api_keys::status, api_keys::expires_at))
         .load::<(i64, String, NaiveDateTime)>(conn)?
         .into_iter()
@@ -309,7 +312,7 @@ fn drop_stale_key_notices(
         outbox::mark_cancelled(
             conn,
             &ids,
-            "the key was rotated, revoked or re-dated before delivery",
+            "the key was rotated, revoked or re-dated, or its owner disabled, before delivery",
             now,
         )?;
         report.cancelled += ids.len() as u64;

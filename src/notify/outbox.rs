@@ -109,6 +109,31 @@ pub fn cancel_for_key(conn: &mut DbConnection, key_id: i64, now: NaiveDateTime) 
         .execute(conn)
 }
 
+/// Cancels the pending warnings about every key of an owner (the owner was
+/// disabled). Returns how many.
+pub fn cancel_for_owner(conn: &mut DbConnection, owner_id: i64, now: NaiveDateTime) -> QueryResult<usize> {
+    use crate::db::schema::api_keys;
+    let keys: Vec<i64> = api_keys::table
+        .filter(api_keys::owner_id.eq(owner_id))
+        .select(api_keys::id)
+        .load(conn)?;
+    let mut n = 0;
+    for chunk in keys.chunks(5000) {
+        let ids: Vec<String> = chunk.iter().map(i64::to_string).collect();
+        n += diesel::update(notifications::table)
+            .filter(notifications::subject_kind.eq(kind::API_KEY))
+            .filter(notifications::subject_id.eq_any(ids))
+            .filter(notifications::status.eq(status::PENDING))
+            .set((
+                notifications::status.eq(status::CANCELLED),
+                notifications::last_error.eq(Some("the owner was disabled")),
+                notifications::updated_at.eq(now),
+            ))
+            .execute(conn)?;
+    }
+    Ok(n)
+}
+
 /// Existing rows for these subjects (any status), as (subject id, generation, window).
 pub fn existing_for(
     conn: &mut DbConnection,

@@ -7,7 +7,7 @@ use std::os::unix::fs::DirBuilderExt;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::transport::smtp::PoolConfig;
-use lettre::{FileTransport, Message, SmtpTransport, Transport};
+use lettre::{Message, SmtpTransport, Transport};
 
 use crate::config::{MailTransport, NotificationsConfig, SmtpSecurity};
 
@@ -26,7 +26,9 @@ pub enum TransportError {
 }
 
 pub enum Mailer {
-    File(FileTransport),
+    /// A directory of `.eml` files, each created 0600 (they name owners and
+    /// keys) and renamed into place whole.
+    File(std::path::PathBuf),
     Smtp {
         transport: Box<SmtpTransport>,
         connections: usize,
@@ -47,7 +49,7 @@ impl Mailer {
                         path: cfg.file_dir.display().to_string(),
                         source,
                     })?;
-                Ok(Mailer::File(FileTransport::new(&cfg.file_dir)))
+                Ok(Mailer::File(cfg.file_dir.clone()))
             }
             MailTransport::Smtp => {
                 let smtp = cfg.smtp.as_ref().ok_or(TransportError::NoSmtp)?;
@@ -97,8 +99,31 @@ impl Mailer {
     /// include the password.
     pub fn send(&self, message: &Message) -> Result<(), String> {
         match self {
-            Mailer::File(t) => t.send(message).map(|_| ()).map_err(|e| e.to_string()),
+            Mailer::File(dir) => write_eml(dir, message).map_err(|e| format!("cannot write to {}: {e}", dir.display())),
             Mailer::Smtp { transport, .. } => transport.send(message).map(|_| ()).map_err(|e| e.to_string()),
         }
     }
+}
+
+/// Writes `message` as `<uuid>.eml` in `dir`: a hidden temporary file
+/// created with mode 0600 (set on the handle, so no umask widens or
+/// narrows it), then renamed, so a reader never sees half a message.
+fn write_eml(dir: &std::path::Path, message: &Message) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let name = format!("{}.eml", uuid::Uuid::new_v4());
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    let written = file.write_all(&message.formatted()).and_then(|()| file.sync_all());
+    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, dir.join(&name))) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(())
 }

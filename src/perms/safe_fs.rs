@@ -71,6 +71,26 @@ pub fn open_beneath(dirfd: &OwnedFd, relative: &Path, flags: libc::c_int) -> io:
     Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
 }
 
+/// What is at `path`, found beneath `root` without following a symlink in
+/// any component (a symlink at the end is described, not followed), as
+/// `lstat` would say were nothing swapped. A path reached only through a
+/// symlink, or outside the root, is an error (`ELOOP`, `EXDEV`): nothing
+/// outside a root is ever described.
+pub fn lstat_beneath(root: &Path, path: &Path) -> io::Result<Inode> {
+    let relative = path
+        .strip_prefix(root)
+        .map_err(|_| io::Error::from_raw_os_error(libc::EXDEV))?;
+    let rootfd = open_root(root)?;
+    let fd = open_beneath(&rootfd, relative, libc::O_PATH)?;
+    fstat(&fd)
+}
+
+/// True for the errors [`lstat_beneath`] gives for a path that leaves its
+/// root or crosses a symlink.
+pub fn is_outside(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ELOOP | libc::EXDEV))
+}
+
 /// `fstat` on a handle (works on `O_PATH` descriptors).
 pub fn fstat(fd: &OwnedFd) -> io::Result<Inode> {
     let mut st: libc::stat = unsafe { std::mem::zeroed() };

@@ -23,9 +23,9 @@ use std::time::{Duration, Instant};
 use notify::event::{EventKind, ModifyKind, RemoveKind, RenameMode};
 use notify::{RecursiveMode, Watcher};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
-use super::inode::{Inode, InodeKind};
+use super::inode::InodeKind;
 use super::policy::Policy;
 use super::store::{self, Observation};
 use super::{digest, log_scan, scan, scan_and_fix, Fix};
@@ -355,7 +355,24 @@ impl Session {
         let mut scratch = Vec::new();
         let mut vanished_dirs = Vec::new();
         for path in paths {
-            match Inode::lstat(&path) {
+            // Relative to the root's handle, never through a symlink: a
+            // watched directory swapped for a link to elsewhere yields
+            // nothing from elsewhere.
+            let Some(root) = self.policy.root_of(&path).map(Path::to_path_buf) else {
+                continue;
+            };
+            let looked = super::safe_fs::lstat_beneath(&root, &path);
+            let looked = match looked {
+                Err(e) if super::safe_fs::is_outside(&e) => {
+                    debug!(
+                        "watch-perms: {} is reached through a symlink now; not followed",
+                        path.display()
+                    );
+                    Err(std::io::Error::from(std::io::ErrorKind::NotFound))
+                }
+                other => other,
+            };
+            match looked {
                 Ok(found) => {
                     if found.kind() == InodeKind::Directory && !self.watches.is_watched(&path) {
                         // New (or moved in): watch it, then read it, so that
@@ -387,7 +404,7 @@ impl Session {
                     }
                     observations.push(Observation::Clean { path, found: None });
                 }
-                Err(e) => warn!("watch-perms: cannot lstat {}: {e}", path.display()),
+                Err(e) => warn!("watch-perms: cannot examine {}: {e}", path.display()),
             }
         }
         let host = self.host.clone();

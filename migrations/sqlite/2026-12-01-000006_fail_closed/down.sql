@@ -1,0 +1,3 @@
+DROP TABLE user_events;
+DROP TRIGGER api_keys_json_lists_update;
+DROP TRIGGER api_keys_json_lists_insert;
