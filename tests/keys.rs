@@ -24,7 +24,43 @@ both_backends!(
     the_example_web_service_issues_and_verifies_keys,
     an_unreadable_allow_list_or_scope_list_refuses_the_key,
     a_disabled_owners_keys_do_not_verify,
+    a_cost_raise_reaches_each_key_at_its_next_successful_verification,
 );
+
+fn stored_hash(conn: &mut keywarden::db::DbConnection, prefix: &str) -> String {
+    api_keys::table
+        .filter(api_keys::prefix.eq(prefix))
+        .select(api_keys::key_hash)
+        .first(conn)
+        .unwrap()
+}
+
+fn a_cost_raise_reaches_each_key_at_its_next_successful_verification(backend: Backend) {
+    let db = TestDb::new(backend);
+    let mut conn = db.conn();
+    add_user(&mut conn, "cost@example.com");
+    let mut old_cost = KeysConfig::default();
+    old_cost.argon2.memory_kib = 7168;
+    old_cost.argon2.iterations = 5;
+    let before = service(&old_cost);
+    let (key, prefix) = issue(&before, &mut conn, "cost@example.com", &[]);
+    assert!(stored_hash(&mut conn, &prefix).starts_with("$argon2id$v=19$m=7168,t=5,p=1$"));
+    let after = service(&KeysConfig::default());
+    let req = VerifyRequest {
+        actor: "svc",
+        ..VerifyRequest::default()
+    };
+    // A wrong secret changes nothing.
+    let wrong = format!("{prefix}.{}", "B".repeat(43));
+    assert_eq!(refusal(verify(&after, &mut conn, &wrong, &req)), Refusal::WrongSecret);
+    assert!(stored_hash(&mut conn, &prefix).contains("m=7168,t=5"));
+    // The right one re-hashes at the configured cost, and still verifies.
+    assert!(matches!(verify(&after, &mut conn, &key, &req), VerifyOutcome::Valid(_)));
+    let rehashed = stored_hash(&mut conn, &prefix);
+    assert!(rehashed.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{rehashed}");
+    assert!(matches!(verify(&after, &mut conn, &key, &req), VerifyOutcome::Valid(_)));
+    assert_eq!(stored_hash(&mut conn, &prefix), rehashed, "re-hashed once");
+}
 
 fn issue(svc: &KeyService, conn: &mut keywarden::db::DbConnection, owner: &str, ips: &[&str]) -> (String, String) {
     let issued = svc
@@ -922,7 +958,7 @@ fn purge_audit_keeps_what_is_inside_the_retention(backend: Backend) {
     let err = Config::from_toml(std::path::Path::new("x.toml"), "[keys]\naudit_retention = \"30d\"\n").unwrap_err();
     assert!(
         err.to_string()
-            .contains("x.toml:1:1: keys.audit_retention must be at least 90d"),
+            .contains("x.toml:2:19: keys.audit_retention must be at least 90d"),
         "{err}"
     );
 }

@@ -423,7 +423,8 @@ fn an_overflow_leads_to_a_rescan_that_finds_everything(backend: Backend) {
         n == files.len() as i64
     });
     daemon.signal("TERM");
-    assert_eq!(daemon.wait_exit(30 * SECOND).code(), Some(0));
+    let status = daemon.wait_exit(30 * SECOND);
+    assert_eq!(status.code(), Some(0), "{status:?}\n{}", daemon.log());
 }
 
 fn rescans_record_once_resolve_and_digest_for_admins(backend: Backend) {

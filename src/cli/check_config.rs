@@ -10,7 +10,7 @@ pub fn run(path: &Path) -> ExitCode {
             let problems = config.check_local();
             if !problems.is_empty() {
                 for p in problems {
-                    eprintln!("{}: {p}", config.source.display());
+                    eprintln!("{p}");
                 }
                 return ExitCode::from(super::EXIT_CONFIG);
             }

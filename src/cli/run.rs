@@ -12,10 +12,14 @@ pub fn run(path: &Path) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    // A missing SQLite directory is a configuration error, not an outage
-    // to wait out.
-    if let Some(problem) = config.sqlite_directory_problem() {
-        eprintln!("{}: {problem}", config.source.display());
+    // What check-config checks on this machine stops the start too: a
+    // missing SQLite directory is a configuration error, not an outage to
+    // wait out, and a secret file readable by all is refused.
+    let problems = config.check_local();
+    if !problems.is_empty() {
+        for p in problems {
+            eprintln!("{p}");
+        }
         return ExitCode::from(super::EXIT_CONFIG);
     }
     let database = match open_database(&config) {

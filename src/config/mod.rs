@@ -836,11 +836,11 @@ impl Config {
                     if let Some(v) = errors.section::<DatabaseConfig>(value) {
                         if let Some(pw) = &v.password {
                             if let Err(e) = pw.validate_shape() {
-                                errors.at(span.clone(), format!("database.password: {e}"));
+                                errors.problem(span.clone(), format!("database.password: {e}"));
                             }
                         }
                         if v.password.is_some() && v.url.has_inline_password() {
-                            errors.at(
+                            errors.problem(
                                 span,
                                 "database.password is set and database.url also carries a password; keep one".into(),
                             );
@@ -852,7 +852,7 @@ impl Config {
                     let span = value.span();
                     if let Some(v) = errors.section::<KeysConfig>(value) {
                         for problem in v.problems() {
-                            errors.at(span.clone(), problem);
+                            errors.problem(span.clone(), problem);
                         }
                         keys = v;
                     }
@@ -861,7 +861,7 @@ impl Config {
                     let span = value.span();
                     if let Some(v) = errors.section::<NotificationsConfig>(value) {
                         for problem in v.problems() {
-                            errors.at(span.clone(), problem);
+                            errors.problem(span.clone(), problem);
                         }
                         notifications = v;
                     }
@@ -879,10 +879,10 @@ impl Config {
                             }
                         }
                         if v.alert_interval.as_duration().as_secs() < 60 {
-                            errors.at(span.clone(), "permissions.alert_interval must be at least 1m".into());
+                            errors.problem(span.clone(), "permissions.alert_interval must be at least 1m".into());
                         }
                         if v.fallback_rescan.as_duration().as_secs() < 10 {
-                            errors.at(span.clone(), "permissions.fallback_rescan must be at least 10s".into());
+                            errors.problem(span.clone(), "permissions.fallback_rescan must be at least 10s".into());
                         }
                         if let Err(problems) = crate::perms::Policy::compile(&v) {
                             for p in problems {
@@ -938,24 +938,29 @@ impl Config {
         }
 
         for problem in acme::problems(acme_section.as_ref(), &certificates, &monitors) {
-            errors.at(cert_span.clone(), problem);
+            errors.problem(cert_span.clone(), problem);
         }
         for c in &certificates {
             use crate::perms::ids::{resolve, IdKind};
             for (spec, kind) in [(&c.owner, IdKind::User), (&c.group, IdKind::Group)] {
                 if let Some(Err(e)) = spec.as_ref().map(|s| resolve(s, kind)) {
-                    errors.at(cert_span.clone(), format!("certificate {:?}: {e}", c.name));
+                    errors.problem(cert_span.clone(), format!("certificate {:?}: {e}", c.name));
                 }
             }
         }
 
         if let Some(h) = &daemon.host_name {
             if h.trim().is_empty() || h.len() > 253 || h.chars().any(char::is_control) {
-                errors.errors.push(ConfigError {
-                    file: path.to_path_buf(),
-                    position: None,
-                    message: "daemon.host_name must be a non-empty name of at most 253 printable characters".into(),
-                });
+                let message =
+                    "daemon.host_name must be a non-empty name of at most 253 printable characters".to_string();
+                match locate_problem(text, &message) {
+                    Some(at) => errors.at(at, message),
+                    None => errors.errors.push(ConfigError {
+                        file: path.to_path_buf(),
+                        position: None,
+                        message,
+                    }),
+                }
             }
         }
 
@@ -999,7 +1004,19 @@ impl Config {
     /// everyone, and an SQLite database's directory exists. `check-config`
     /// reports these, so it passes only what `run` accepts; `run` stops on
     /// the SQLite directory (exit 78) instead of retrying forever.
-    pub fn check_local(&self) -> Vec<String> {
+    pub fn check_local(&self) -> Vec<ConfigError> {
+        let text = std::fs::read_to_string(&self.source).unwrap_or_default();
+        self.local_problems()
+            .into_iter()
+            .map(|message| ConfigError {
+                file: self.source.clone(),
+                position: locate_problem(&text, &message).map(|at| line_col(&text, at.start)),
+                message,
+            })
+            .collect()
+    }
+
+    fn local_problems(&self) -> Vec<String> {
         let mut out = Vec::new();
         let mut sources: Vec<(&str, &SecretSource)> = Vec::new();
         if let Some(pw) = &self.database.password {
@@ -1075,15 +1092,15 @@ fn validate_job_section(
 ) {
     if let Some(b) = section.batch_size {
         if !spec.batched {
-            errors.at(
+            errors.problem(
                 span,
                 format!(
-                    "jobs.{}: this job does not work in batches; remove batch_size",
+                    "jobs.{}.batch_size: this job does not work in batches; remove batch_size",
                     spec.name
                 ),
             );
         } else if b == 0 || b > MAX_BATCH_SIZE {
-            errors.at(
+            errors.problem(
                 span,
                 format!(
                     "jobs.{}.batch_size must be between 1 and {MAX_BATCH_SIZE}, found {b}",
@@ -1121,12 +1138,20 @@ impl Collector<'_> {
         self.errors.push(ConfigError {
             file: self.file.to_path_buf(),
             position: Some(line_col(self.text, span.start)),
-            message,
+            message: cut(message),
         });
     }
 
+    /// A cross-field problem: placed at the key its message starts with
+    /// (`notifications.smtp.pool_size must be …`, or `certificate "name": …`
+    /// for that certificate's entry), else at `fallback`.
+    fn problem(&mut self, fallback: std::ops::Range<usize>, message: String) {
+        let at = locate_problem(self.text, &message).unwrap_or(fallback);
+        self.at(at, message);
+    }
+
     fn toml(&mut self, e: &toml::de::Error) {
-        let mut message = e.message().trim().to_string();
+        let mut message = cut(e.message().trim().to_string());
         // Name the key a secret source was expected for (the message itself
         // never carries the value).
         if message.starts_with(secret::SECRET_FORMS) {
@@ -1151,6 +1176,89 @@ impl Collector<'_> {
             }
         }
     }
+}
+
+/// Longest message kept whole: a 900 KB value quoted by a parser error is
+/// cut, and says so.
+const MAX_MESSAGE_CHARS: usize = 300;
+
+fn cut(message: String) -> String {
+    if message.chars().count() <= MAX_MESSAGE_CHARS {
+        return message;
+    }
+    let kept: String = message.chars().take(MAX_MESSAGE_CHARS).collect();
+    format!(
+        "{kept}… ({} more characters cut)",
+        message.chars().count() - MAX_MESSAGE_CHARS
+    )
+}
+
+/// Where the key a problem message names is written.
+fn locate_problem(text: &str, message: &str) -> Option<std::ops::Range<usize>> {
+    for (prefix, array) in [("certificate \"", "certificates"), ("monitor \"", "monitor")] {
+        if let Some(rest) = message.strip_prefix(prefix) {
+            let (name, after) = rest.split_once("\": ").unwrap_or((rest.split('"').next()?, ""));
+            // "certificate \"web\": deploy_hook must …" points at deploy_hook.
+            let key = after
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .trim_end_matches([':', ',']);
+            return entry_name_span(text, array, name, key);
+        }
+    }
+    let first = message.split_whitespace().next()?;
+    let dotted = first.trim_end_matches([':', ',', ';']);
+    let plausible = dotted.contains('.')
+        && dotted
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+    if !plausible {
+        return None;
+    }
+    key_span(text, dotted)
+}
+
+/// The span of the value of `dotted` (`notifications.smtp.pool_size`), or
+/// of the deepest table on that path that is written.
+fn key_span(text: &str, dotted: &str) -> Option<std::ops::Range<usize>> {
+    let doc = DeTable::parse(text).ok()?;
+    let mut table = doc.get_ref();
+    let mut found = None;
+    for part in dotted.split('.') {
+        let (key, value) = table.iter().find(|(k, _)| k.get_ref() == part)?;
+        found = Some(if matches!(value.get_ref(), DeValue::Table(_)) {
+            key.span()
+        } else {
+            value.span()
+        });
+        match value.get_ref() {
+            DeValue::Table(t) => table = t,
+            _ => break,
+        }
+    }
+    found
+}
+
+/// In the `[[array]]` entry named `name`: the span of `key`'s value when
+/// the entry has that key, else of its `name = "…"`.
+fn entry_name_span(text: &str, array: &str, name: &str, key: &str) -> Option<std::ops::Range<usize>> {
+    let doc = DeTable::parse(text).ok()?;
+    let (_, entries) = doc.get_ref().iter().find(|(k, _)| k.get_ref() == array)?;
+    let DeValue::Array(entries) = entries.get_ref() else {
+        return None;
+    };
+    entries.iter().find_map(|entry| {
+        let DeValue::Table(t) = entry.get_ref() else {
+            return None;
+        };
+        let (_, v) = t.iter().find(|(k, _)| k.get_ref() == "name")?;
+        if !matches!(v.get_ref(), DeValue::String(s) if s == name) {
+            return None;
+        }
+        let named = t.iter().find(|(k, _)| !key.is_empty() && k.get_ref() == key);
+        Some(named.map(|(_, value)| value.span()).unwrap_or_else(|| v.span()))
+    })
 }
 
 /// The key written before `=` on the line holding `offset`.

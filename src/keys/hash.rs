@@ -18,11 +18,14 @@ pub enum HashError {
 /// Hashes and verifies secrets with the configured cost.
 pub struct SecretHasher {
     argon2: Argon2<'static>,
-    /// A hash of a random value with the same cost, verified against when a
-    /// prefix is unknown so that the answer takes as long as a wrong secret.
-    /// Made on first need: commands that never verify do not pay for it.
-    decoy: std::sync::OnceLock<String>,
+    /// The configured cost, as PHC parameters (`m=19456,t=2,p=1`).
+    params: String,
 }
+
+/// The salt of decoy hashes. Verifying against a decoy costs one Argon2 run
+/// like any verification, and never matches: its hash is all zeros.
+const DECOY_SALT: &str = "a2V5d2FyZGVuZGVjb3k";
+const DECOY_HASH: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
 
 impl SecretHasher {
     pub fn new(config: &Argon2Config) -> Result<Self, HashError> {
@@ -31,21 +34,22 @@ impl SecretHasher {
         let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
         Ok(Self {
             argon2,
-            decoy: std::sync::OnceLock::new(),
+            params: format!(
+                "m={},t={},p={}",
+                config.memory_kib, config.iterations, config.parallelism
+            ),
         })
     }
 
-    fn decoy(&self) -> &str {
-        self.decoy.get_or_init(|| {
-            let mut random = [0u8; 32];
-            // Should the system's RNG fail, any fixed input still costs a
-            // full hash, which is all the decoy is for.
-            let _ = getrandom::fill(&mut random);
-            self.argon2
-                .hash_password(&random)
-                .map(|h| h.to_string())
-                .unwrap_or_default()
-        })
+    /// A decoy with the cost of `like` (a stored PHC string), or with the
+    /// configured cost when `like` is absent or unacceptable. Built without
+    /// hashing anything, so no command pays for it up front.
+    fn decoy(&self, like: Option<&str>) -> String {
+        let params = like
+            .filter(|phc| acceptable_phc(phc))
+            .and_then(phc_params)
+            .unwrap_or(&self.params);
+        format!("$argon2id$v=19${params}${DECOY_SALT}${DECOY_HASH}")
     }
 
     /// The PHC string for a secret, with a fresh random salt.
@@ -63,16 +67,40 @@ impl SecretHasher {
     pub fn verify(&self, secret: &str, phc: &str) -> bool {
         if !acceptable_phc(phc) {
             // Burn the same time as a real verify, then refuse.
-            let _ = self.argon2.verify_password(secret.as_bytes(), self.decoy());
+            self.verify_decoy(secret, None);
             return false;
         }
         self.argon2.verify_password(secret.as_bytes(), phc).is_ok()
     }
 
-    /// Spends the time of one verify without a stored hash.
-    pub fn verify_decoy(&self, secret: &str) {
-        let _ = self.argon2.verify_password(secret.as_bytes(), self.decoy());
+    /// Spends the time of one verify without a key of its own: against
+    /// `like`, the stored hash of a key this stands in for (see
+    /// [`crate::keys::KeyService::verify`]), so the work is exactly a real
+    /// key's, whatever its cost; against a decoy at the configured cost when
+    /// there is none or it is unacceptable. The outcome is thrown away.
+    pub fn verify_decoy(&self, secret: &str, like: Option<&str>) {
+        match like.filter(|phc| acceptable_phc(phc)) {
+            Some(phc) => {
+                let _ = self.argon2.verify_password(secret.as_bytes(), phc);
+            }
+            None => {
+                let decoy = self.decoy(None);
+                let _ = self.argon2.verify_password(secret.as_bytes(), decoy.as_str());
+            }
+        }
     }
+
+    /// True when a stored hash was made at another cost than the configured
+    /// one: it is re-hashed on its next successful verification, so a cost
+    /// raise reaches every key that is used.
+    pub fn needs_rehash(&self, phc: &str) -> bool {
+        phc_params(phc).is_some_and(|p| p != self.params)
+    }
+}
+
+/// The parameter field of a PHC string (`m=…,t=…,p=…`).
+fn phc_params(phc: &str) -> Option<&str> {
+    phc.strip_prefix("$argon2id$v=19$")?.split('$').next()
 }
 
 fn acceptable_phc(phc: &str) -> bool {
@@ -112,5 +140,23 @@ mod tests {
         assert!(!h.verify("s3cret-value-1235", &phc));
         assert!(!h.verify("s3cret-value-1234", "not a hash"));
         assert!(!h.verify("x", "$argon2id$v=19$m=99999999,t=2,p=1$c2FsdHNhbHQ$aGFzaA"));
+        assert!(!h.needs_rehash(&phc));
+        assert!(h.needs_rehash("$argon2id$v=19$m=7168,t=5,p=1$c2FsdHNhbHQ$aGFzaA"));
+    }
+
+    #[test]
+    fn decoys_are_well_formed_at_the_cost_they_stand_in_for() {
+        let h = SecretHasher::new(&Argon2Config::default()).unwrap();
+        let own = h.decoy(None);
+        assert!(own.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{own}");
+        let old = h.decoy(Some("$argon2id$v=19$m=7168,t=5,p=1$c2FsdHNhbHQ$aGFzaA"));
+        assert!(old.starts_with("$argon2id$v=19$m=7168,t=5,p=1$"), "{old}");
+        // A planted, absurd cost is not copied.
+        let planted = h.decoy(Some("$argon2id$v=19$m=99999999,t=2,p=1$c2FsdHNhbHQ$aGFzaA"));
+        assert_eq!(planted, own);
+        for decoy in [own, old] {
+            let parsed = argon2::PasswordHash::new(&decoy).expect("a decoy parses as PHC");
+            assert!(h.argon2.verify_password(b"anything", &parsed).is_err());
+        }
     }
 }

@@ -45,6 +45,11 @@ pub struct Rotation {
 pub struct KeyService {
     pub config: KeysConfig,
     pub(crate) hasher: SecretHasher,
+    /// A running average of this service's Argon2 verifications, in
+    /// nanoseconds (0 until the first): refusals end a fixed time after
+    /// their start derived from it, not from their own work (see
+    /// `keys::verify`).
+    pub(crate) argon_average_ns: std::sync::atomic::AtomicU64,
 }
 
 impl KeyService {
@@ -52,6 +57,7 @@ impl KeyService {
         Ok(Self {
             config: config.clone(),
             hasher: SecretHasher::new(&config.argon2)?,
+            argon_average_ns: std::sync::atomic::AtomicU64::new(0),
         })
     }
 

@@ -3,13 +3,15 @@
 //! The order of work is what keeps it honest:
 //! 1. the key is parsed; malformed input is refused before any other work;
 //! 2. the row is looked up by prefix, and the Argon2 verify always runs: on
-//!    the stored hash, or on a decoy when the prefix is unknown, so an
-//!    unknown prefix costs the same time as a wrong secret;
+//!    the stored hash, or on a decoy when the prefix is unknown, at the cost
+//!    of a neighbouring stored key, so an unknown prefix costs the same time
+//!    as a wrong secret, before and after a cost raise;
 //! 3. only then are status, expiry, grace, the owner's status, allow-list
 //!    and scopes checked; a stored allow-list or scope list that cannot be
 //!    read refuses the key (fail closed), it never reads as "no limit";
 //! 4. a success increments `usage_count` with `SET usage_count =
-//!    usage_count + 1` (never read-modify-write) and writes a `used` event;
+//!    usage_count + 1` (never read-modify-write), re-hashes a hash made at
+//!    another cost than the configured one, and writes a `used` event;
 //!    a refusal writes a `verify_failed` event with its reason.
 
 use std::net::IpAddr;
@@ -107,6 +109,7 @@ impl KeyService {
         presented: &str,
         req: &VerifyRequest<'_>,
     ) -> Result<VerifyOutcome, KeyError> {
+        let started = std::time::Instant::now();
         let parsed = match format::parse(presented) {
             Ok(p) => p,
             Err(e) => return Ok(VerifyOutcome::Refused(e.into())),
@@ -117,14 +120,24 @@ impl KeyService {
             .select((ApiKey::as_select(), users::status))
             .first(conn)
             .optional()?;
+        // Both paths read the neighbouring key's hash: an unknown prefix is
+        // answered with a decoy at that key's cost (after a cost raise,
+        // stored keys keep their old cost until re-hashed), and a known one
+        // does the same reads, so the two cannot be told apart by time.
+        let neighbour = neighbour_hash(conn, parsed.prefix)?;
         let now = crate::db::now();
         let ip = req.ip.map(|i| i.to_string());
         let Some((key, owner_status)) = row else {
-            self.hasher.verify_decoy(parsed.secret());
+            let argon = std::time::Instant::now();
+            self.hasher.verify_decoy(parsed.secret(), neighbour.as_deref());
+            let argon = argon.elapsed();
             self.record_failure(conn, None, parsed.prefix, &Refusal::UnknownKey, ip.as_deref(), req, now)?;
+            self.end_refusal(started, argon);
             return Ok(VerifyOutcome::Refused(Refusal::UnknownKey));
         };
+        let argon = std::time::Instant::now();
         let secret_ok = self.hasher.verify(parsed.secret(), &key.key_hash);
+        let argon = argon.elapsed();
         let refusal = if !secret_ok {
             Some(Refusal::WrongSecret)
         } else {
@@ -145,8 +158,17 @@ impl KeyService {
         });
         if let Some(refusal) = refusal {
             self.record_failure(conn, Some(key.id), &key.prefix, &refusal, ip.as_deref(), req, now)?;
+            self.end_refusal(started, argon);
             return Ok(VerifyOutcome::Refused(refusal));
         }
+        // A hash made at another cost than the configured one is replaced
+        // now that the secret is known to be right (hashed before the
+        // transaction opens, so no transaction waits on Argon2).
+        let rehashed = if self.hasher.needs_rehash(&key.key_hash) {
+            self.hasher.hash(parsed.secret()).ok()
+        } else {
+            None
+        };
         conn.write_transaction::<_, KeyError, _>(|conn| {
             diesel::update(api_keys::table.find(key.id))
                 .set((
@@ -154,6 +176,12 @@ impl KeyService {
                     api_keys::last_used_at.eq(Some(now)),
                 ))
                 .execute(conn)?;
+            if let Some(new_hash) = &rehashed {
+                diesel::update(api_keys::table.find(key.id))
+                    .filter(api_keys::key_hash.eq(&key.key_hash))
+                    .set(api_keys::key_hash.eq(new_hash))
+                    .execute(conn)?;
+            }
             insert_event(
                 conn,
                 Some(key.id),
@@ -294,4 +322,58 @@ fn insert_event(
         .values(&row)
         .execute(conn)?;
     Ok(())
+}
+
+/// The stored hash of the key whose prefix follows `prefix` (or of the
+/// first key): the cost a decoy copies.
+fn neighbour_hash(conn: &mut DbConnection, prefix: &str) -> QueryResult<Option<String>> {
+    let next: Option<String> = api_keys::table
+        .filter(api_keys::prefix.gt(prefix))
+        .order(api_keys::prefix.asc())
+        .select(api_keys::key_hash)
+        .first(conn)
+        .optional()?;
+    match next {
+        Some(h) => Ok(Some(h)),
+        None => api_keys::table
+            .order(api_keys::prefix.asc())
+            .select(api_keys::key_hash)
+            .first(conn)
+            .optional(),
+    }
+}
+
+/// What a refusal may spend on the database besides its Argon2 run.
+const REFUSAL_DATABASE_BUDGET: std::time::Duration = std::time::Duration::from_millis(5);
+
+impl KeyService {
+    /// Sleeps until a refusal's fixed end: `started` plus one and a half
+    /// times this service's average Argon2 run (or this run, if longer, or
+    /// if it is the first) plus [`REFUSAL_DATABASE_BUDGET`]. The two refusals
+    /// an attacker would compare (an unknown prefix, a known one with a
+    /// wrong secret) do the same Argon2 work, but the work around it differs
+    /// by a fraction of a millisecond; ending both at a time that does not
+    /// depend on their own work hides it. It costs a refused caller some
+    /// milliseconds of waiting (no CPU); a valid key is never delayed.
+    fn end_refusal(&self, started: std::time::Instant, argon: std::time::Duration) {
+        use std::sync::atomic::Ordering;
+        let this = u64::try_from(argon.as_nanos()).unwrap_or(u64::MAX);
+        let average = self.argon_average_ns.load(Ordering::Relaxed);
+        let updated = if average == 0 {
+            this
+        } else {
+            average - average / 8 + this / 8
+        };
+        self.argon_average_ns.store(updated, Ordering::Relaxed);
+        let allowance = if average == 0 {
+            argon
+        } else {
+            std::time::Duration::from_nanos(average + average / 2).max(argon)
+        };
+        let deadline = started + allowance + REFUSAL_DATABASE_BUDGET;
+        let now = std::time::Instant::now();
+        if deadline > now {
+            std::thread::sleep(deadline - now);
+        }
+    }
 }

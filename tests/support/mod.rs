@@ -580,15 +580,49 @@ pub fn ensure_journald() {
     panic!("journald did not start listening on /run/systemd/journal/socket");
 }
 
+/// The journal entries of process `pid` matching `filter`, written since
+/// this test process started: a PID used by a daemon of an earlier run is
+/// not mistaken for this one.
 pub fn journal_entries(pid: u32, filter: &str) -> Vec<serde_json::Value> {
     let out = std::process::Command::new("journalctl")
-        .args(["-o", "json", "--no-pager", &format!("_PID={pid}"), filter])
+        .args([
+            "-o",
+            "json",
+            "--no-pager",
+            &format!("--since=@{}", this_process_started()),
+            &format!("_PID={pid}"),
+            filter,
+        ])
         .output()
         .expect("journalctl");
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect()
+}
+
+/// When this test process started, in seconds since the epoch (the boot
+/// time from /proc/stat plus the start time in /proc/self/stat).
+fn this_process_started() -> u64 {
+    let boot: u64 = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("btime ").and_then(|v| v.trim().parse().ok()))
+        })
+        .unwrap_or(0);
+    let ticks: u64 = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            s.rfind(')')
+                .and_then(|i| s[i + 1..].split_whitespace().nth(19).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+        .unwrap_or(100)
+        .max(1);
+    (boot + ticks / hz).saturating_sub(1)
 }
 
 pub mod pebble;
