@@ -534,3 +534,33 @@ fn perms_scan_needs_no_database_and_reports_config_errors() {
     assert_eq!(out.status.code(), Some(78), "{err}");
     assert!(err.contains("k.toml:6:8:") && err.contains("quoted octal"), "{err}");
 }
+
+/// A file name holding a newline and an escape sequence cannot forge a line
+/// of `perms scan` or reach the terminal raw; `--json` keeps the exact name.
+#[test]
+fn file_names_cannot_forge_scan_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = app_root(dir.path());
+    let evil = root.join("uploads/x\nconfig/database.json: found file 0600; expected 0600 [secrets]\x1b[2J");
+    write(&evil, 0o666);
+    let config = dir.path().join("k.toml");
+    std::fs::write(&config, policy(&root, false)).unwrap();
+    let out = keywarden(&config, &["perms", "scan"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    assert!(
+        !text.lines().any(|l| l.starts_with("config/database.json")),
+        "a forged line: {text}"
+    );
+    assert!(
+        !text.contains('\x1b'),
+        "an escape sequence reached the output: {text:?}"
+    );
+    assert!(
+        text.contains("x\\nconfig/database.json") && text.contains("\\u{1b}[2J"),
+        "{text}"
+    );
+    let out = keywarden(&config, &["perms", "scan", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(json.to_string().contains("x\\nconfig/database.json"), "{json}");
+}

@@ -1350,6 +1350,27 @@ mod tests {
         let url = DatabaseUrl::parse("postgres://kw:hunter2@db.example/kw").unwrap();
         assert!(!url.to_string().contains("hunter2"));
         assert!(url.has_inline_password());
+        // A password in the query is a password too.
+        let url = DatabaseUrl::parse("postgres://kw@db.example/kw?sslmode=require&password=hunter2").unwrap();
+        assert!(!url.to_string().contains("hunter2"), "{url}");
+        assert!(url.to_string().contains("sslmode=require"), "{url}");
+        assert!(url.has_inline_password());
+        let twice =
+            parse("[database]\nurl = \"postgres://kw@db/kw?password=x\"\npassword = { env = \"P\" }\n").unwrap_err();
+        assert!(twice.to_string().contains("keep one"), "{twice}");
+    }
+
+    #[test]
+    fn cross_field_errors_point_at_their_key_and_long_values_are_cut() {
+        let err = parse("[notifications]\nfrom = \"a@example.com\"\nmax_attempts = 0\n").unwrap_err();
+        assert!(err.to_string().contains(":3:16: notifications.max_attempts"), "{err}");
+        let huge = format!("[daemon]\nlog_level = \"{}\"\n", "x".repeat(100_000));
+        let err = parse(&huge).unwrap_err().to_string();
+        assert!(
+            err.len() < 1000 && err.contains("characters cut"),
+            "{}",
+            &err[..200.min(err.len())]
+        );
     }
 
     #[test]
