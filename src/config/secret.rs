@@ -263,14 +263,7 @@ impl SecretSource {
             path: shown.clone(),
             source,
         })?;
-        if !meta.is_file() {
-            return Err(SecretError::NotAFile { path: shown });
-        }
-        let mode = meta.mode() & 0o7777;
-        if mode & 0o004 != 0 {
-            return Err(SecretError::WorldReadable { path: shown, mode });
-        }
-        Ok(())
+        check_secret_file(&meta, shown)
     }
 
     /// Reads the secret, and remembers it for [`scrub`].
@@ -304,6 +297,18 @@ impl SecretSource {
     }
 }
 
+/// A secret file must be a regular file that is not readable by everyone.
+fn check_secret_file(meta: &std::fs::Metadata, shown: String) -> Result<(), SecretError> {
+    if !meta.is_file() {
+        return Err(SecretError::NotAFile { path: shown });
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o004 != 0 {
+        return Err(SecretError::WorldReadable { path: shown, mode });
+    }
+    Ok(())
+}
+
 /// Reads a secret file after checking, on the open handle (so a swapped path
 /// cannot fool the check), that it is a regular file nobody else can read.
 fn read_secret_file(path: &Path) -> Result<Secret, SecretError> {
@@ -316,13 +321,7 @@ fn read_secret_file(path: &Path) -> Result<Secret, SecretError> {
         path: shown.clone(),
         source,
     })?;
-    if !meta.is_file() {
-        return Err(SecretError::NotAFile { path: shown });
-    }
-    let mode = meta.mode() & 0o7777;
-    if mode & 0o004 != 0 {
-        return Err(SecretError::WorldReadable { path: shown, mode });
-    }
+    check_secret_file(&meta, shown.clone())?;
     if meta.len() > MAX_SECRET_BYTES {
         return Err(SecretError::TooLarge { origin: shown });
     }
