@@ -293,7 +293,11 @@ impl Drop for DnsRecord {
         let mut argv = self.hook.clone();
         argv.extend(["cleanup".to_string(), self.name.clone(), self.value.clone()]);
         if let Err(e) = hooks::run(&argv, &[], self.timeout) {
-            tracing::warn!("dns-01 cleanup hook failed for {}: {e}", self.name);
+            tracing::warn!(
+                "dns-01 cleanup hook failed for {}: {}",
+                self.name,
+                crate::telemetry::one_line(&e.to_string())
+            );
         }
     }
 }

@@ -11,6 +11,7 @@
 //! For a monitored certificate: read it and email the admins when it
 //! enters a warning window.
 
+use crate::telemetry::one_line;
 use std::path::Path;
 
 use chrono::NaiveDateTime;
@@ -196,7 +197,10 @@ impl Session<'_> {
                 w
             }
             Err(e) => {
-                warn!("renewal info unavailable ({e}); using the lifetime rule");
+                warn!(
+                    "renewal info unavailable ({}); using the lifetime rule",
+                    one_line(&e.to_string())
+                );
                 None
             }
         }
@@ -427,6 +431,7 @@ impl Session<'_> {
                 Ok(())
             }
             Err(e) => {
+                let e = one_line(&e.to_string());
                 error!(cert = %cert.name, error = %e, "certificate {}: deploy hook failed: {e}", cert.name);
                 Err(e)
             }
@@ -529,7 +534,7 @@ impl Session<'_> {
             }
             Err(e) => {
                 store::record_error(self.conn, row.id, &e, now)?;
-                warn!(cert = %m.name, "monitored certificate {} unreadable: {e}", m.name);
+                warn!(cert = %m.name, "monitored certificate {} unreadable: {}", m.name, one_line(&e.to_string()));
                 Ok(Report {
                     name: m.name.clone(),
                     kind: kind::MONITORED,

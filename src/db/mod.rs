@@ -114,7 +114,7 @@ impl DbConnection {
 /// own text can name tables and constraints, so it goes to the debug log.
 pub fn describe_error(e: &diesel::result::Error) -> &'static str {
     use diesel::result::{DatabaseErrorKind as K, Error as E};
-    tracing::debug!("database error: {e}");
+    tracing::debug!("database error: {}", one_line(&e.to_string()));
     match e {
         E::DatabaseError(K::UniqueViolation, _) => "a unique constraint was violated",
         E::DatabaseError(K::ForeignKeyViolation, _) => "a referenced row is missing",
