@@ -24,6 +24,7 @@ both_backends!(
     starttls_with_a_private_ca,
     a_job_failing_repeatedly_alerts_the_admins_once,
     waiting_in_backoff_keeps_the_failure_streak,
+    a_permanent_refusal_fails_at_once_and_a_temporary_one_is_retried,
     a_failed_notification_can_be_retried_by_hand,
 );
 
@@ -577,6 +578,64 @@ fn waiting_in_backoff_keeps_the_failure_streak(backend: Backend) {
         .unwrap();
     ok(keywarden(&cfg, &["jobs", "run", "notify-expiry"]));
     assert_eq!(sink.messages().len(), 2);
+}
+
+/// A 5xx answer to one recipient fails that notice at once with the
+/// server's words; a 4xx is retried; the others go out; the refused one can
+/// be queued again by hand.
+fn a_permanent_refusal_fails_at_once_and_a_temporary_one_is_retried(backend: Backend) {
+    let db = TestDb::new(backend);
+    let sink = SmtpSink::start_rejecting(
+        db.path(),
+        "bounce@example.com=550 5.1.1 <bounce@example.com>: Recipient address rejected: User unknown;\
+         later@example.com=451 4.3.0 Try again later",
+    );
+    let mut conn = db.conn();
+    for who in ["ok", "bounce", "later"] {
+        let owner = add_user(&mut conn, &format!("{who}@example.com"));
+        add_key(
+            &mut conn,
+            owner,
+            &format!("sk_live_v2_{who}"),
+            "active",
+            ts(TimeDelta::days(3)),
+        );
+    }
+    let cfg = smtp_config(&db, sink.port, "");
+    let out = keywarden(&cfg, &["jobs", "run", "notify-expiry"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let row = |conn: &mut keywarden::db::DbConnection, who: &str| -> (i64, String, i32, Option<String>) {
+        notifications::table
+            .filter(notifications::recipient.eq(format!("{who}@example.com")))
+            .filter(notifications::status.ne("skipped"))
+            .select((
+                notifications::id,
+                notifications::status,
+                notifications::attempts,
+                notifications::last_error,
+            ))
+            .first(conn)
+            .unwrap()
+    };
+    assert_eq!(row(&mut conn, "ok").1, "sent");
+    let (bounced, status, attempts, error) = row(&mut conn, "bounce");
+    assert_eq!((status.as_str(), attempts), ("failed", 1), "a 5xx is not retried");
+    assert!(
+        error.unwrap_or_default().contains("User unknown"),
+        "the server's words are kept"
+    );
+    let (_, status, attempts, _) = row(&mut conn, "later");
+    assert_eq!((status.as_str(), attempts), ("pending", 1), "a 4xx is retried");
+    let rcpts: Vec<String> = sink
+        .messages()
+        .iter()
+        .map(|(m, _)| m["rcpt_tos"][0].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(rcpts, vec!["ok@example.com".to_string()]);
+    // The admin fixed the address: the refused notice can go again.
+    let out = keywarden(&cfg, &["notifications", "retry", &bounced.to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(row(&mut conn, "bounce").1, "pending");
 }
 
 fn a_failed_notification_can_be_retried_by_hand(backend: Backend) {

@@ -22,7 +22,7 @@ use super::detect::{generation_of, KeyNoticePayload};
 use super::kind;
 use super::outbox::{self, Notification};
 use super::render::{build_message, AdminAlert, Templates};
-use super::transport::Mailer;
+use super::transport::{Mailer, SendError};
 use crate::config::NotificationsConfig;
 use crate::db::holder::Holder;
 use crate::db::schema::{api_keys, users};
@@ -179,7 +179,7 @@ fn record_outcome(
     conn: &mut DbConnection,
     cfg: &NotificationsConfig,
     out: &Outgoing,
-    sent: Result<String, String>,
+    sent: Result<String, SendError>,
     report: &mut DeliveryReport,
 ) -> QueryResult<()> {
     let Outgoing {
@@ -191,7 +191,10 @@ fn record_outcome(
     let attempts = *attempts;
     let now = crate::db::now();
     // SMTP replies can span lines; the log record must not.
-    let sent = sent.map_err(|e| crate::telemetry::one_line(&e));
+    let sent = sent.map_err(|e| SendError {
+        text: crate::telemetry::one_line(&e.text),
+        ..e
+    });
     match sent {
         Ok(message_id) => {
             outbox::mark_sent(conn, ids, &message_id, now)?;
@@ -199,12 +202,20 @@ fn record_outcome(
             report.notices += ids.len() as u64;
             info!(recipient = %recipient, notices = ids.len() as u64, "sent expiry notice for {} key(s) to {recipient}", ids.len());
         }
-        Err(e) if attempts >= cfg.max_attempts => {
+        Err(SendError {
+            text: e,
+            permanent: true,
+        }) => {
+            outbox::mark_attempt_failed(conn, ids, &e, None, now)?;
+            report.failed += 1;
+            error!(recipient = %recipient, message_id = crate::telemetry::message_ids::NOTIFICATION_FAILED, error = %e, "the server refused the notice to {recipient} for good (not retried; `keywarden notifications retry` queues it again): {e}");
+        }
+        Err(SendError { text: e, .. }) if attempts >= cfg.max_attempts => {
             outbox::mark_attempt_failed(conn, ids, &e, None, now)?;
             report.failed += 1;
             error!(recipient = %recipient, message_id = crate::telemetry::message_ids::NOTIFICATION_FAILED, error = %e, "giving up on the notice to {recipient} after {attempts} attempt(s): {e}");
         }
-        Err(e) => {
+        Err(SendError { text: e, .. }) => {
             let next = now + retry_delay(cfg, attempts);
             outbox::mark_attempt_failed(conn, ids, &e, Some(next), now)?;
             report.retrying += 1;
@@ -231,12 +242,13 @@ struct Outgoing {
 fn send_recording(
     mailer: &Mailer,
     outgoing: &[Outgoing],
-    mut record: impl FnMut(usize, Result<String, String>) -> bool,
+    mut record: impl FnMut(usize, Result<String, SendError>) -> bool,
 ) {
     let next = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
     let workers = mailer.parallelism().clamp(1, outgoing.len().max(1));
-    let (done_tx, done_rx) = mpsc::channel::<(usize, Result<String, String>, mpsc::SyncSender<()>)>();
+    type Done = (usize, Result<String, SendError>, mpsc::SyncSender<()>);
+    let (done_tx, done_rx) = mpsc::channel::<Done>();
     std::thread::scope(|scope| {
         for _ in 0..workers {
             let done_tx = done_tx.clone();
@@ -252,7 +264,7 @@ fn send_recording(
                         let id = msg.headers().get_raw("Message-ID").unwrap_or_default().to_string();
                         mailer.send(msg).map(|_| id)
                     }
-                    Err(e) => Err(e.clone()),
+                    Err(e) => Err(SendError::transient(e.clone())),
                 };
                 let (recorded_tx, recorded_rx) = mpsc::sync_channel(1);
                 if done_tx.send((i, result, recorded_tx)).is_err() || recorded_rx.recv().is_err() {

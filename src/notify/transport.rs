@@ -97,10 +97,49 @@ impl Mailer {
 
     /// Sends one message. Errors are the transport's own words, which never
     /// include the password.
-    pub fn send(&self, message: &Message) -> Result<(), String> {
+    pub fn send(&self, message: &Message) -> Result<(), SendError> {
         match self {
-            Mailer::File(dir) => write_eml(dir, message).map_err(|e| format!("cannot write to {}: {e}", dir.display())),
-            Mailer::Smtp { transport, .. } => transport.send(message).map(|_| ()).map_err(|e| e.to_string()),
+            Mailer::File(dir) => write_eml(dir, message).map_err(|e| SendError {
+                text: format!("cannot write to {}: {e}", dir.display()),
+                permanent: false,
+            }),
+            Mailer::Smtp { transport, .. } => transport.send(message).map(|_| ()).map_err(|e| {
+                let text = e.to_string();
+                SendError {
+                    permanent: refuses_this_message(e.status().map(u16::from), &text),
+                    text,
+                }
+            }),
+        }
+    }
+}
+
+/// Whether an SMTP answer refuses this message (its recipient, its
+/// content) for good: 550-556. Other 5xx answers (530/535 authentication,
+/// 500-504 commands, Postfix's delayed "Helo command rejected") say the
+/// configuration is wrong; they are retried so that fixing it delivers the
+/// mail.
+fn refuses_this_message(code: Option<u16>, text: &str) -> bool {
+    let about_helo = text.to_ascii_lowercase().contains("helo");
+    matches!(code, Some(550..=556)) && !about_helo
+}
+
+/// Why a message was not sent.
+#[derive(Debug, Clone)]
+pub struct SendError {
+    /// The transport's (or server's) own words.
+    pub text: String,
+    /// A 5xx answer: sending the same message again gets the same answer,
+    /// so the notice fails at once instead of being retried.
+    pub permanent: bool,
+}
+
+impl SendError {
+    /// A failure worth retrying (connection refused, a 4xx answer, …).
+    pub fn transient(text: impl Into<String>) -> SendError {
+        SendError {
+            text: text.into(),
+            permanent: false,
         }
     }
 }
@@ -126,4 +165,28 @@ fn write_eml(dir: &std::path::Path, message: &Message) -> std::io::Result<()> {
         return Err(e);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_refusals_of_the_message_are_permanent() {
+        use super::refuses_this_message as permanent;
+        assert!(permanent(
+            Some(550),
+            "5.1.1 <a@example.com>: Recipient address rejected: User unknown"
+        ));
+        assert!(permanent(Some(554), "5.7.1 message content rejected"));
+        assert!(!permanent(Some(535), "5.7.8 authentication failed"));
+        assert!(!permanent(
+            Some(504),
+            "5.5.2 <vm>: Helo command rejected: need fully-qualified hostname"
+        ));
+        assert!(!permanent(
+            Some(554),
+            "5.7.1 <vm>: Helo command rejected: Host not found"
+        ));
+        assert!(!permanent(Some(451), "4.3.0 try again later"));
+        assert!(!permanent(None, "connection refused"));
+    }
 }

@@ -364,6 +364,8 @@ pub struct SmtpSink {
     child: Option<Child>,
     args: Vec<String>,
     password: Option<String>,
+    /// `SMTP_SINK_REJECT`: recipients answered with a refusal.
+    rejects: Option<String>,
 }
 
 /// The Python that has Debian's aiosmtpd.
@@ -417,7 +419,18 @@ impl SmtpSink {
             child: None,
             args,
             password: password.map(str::to_string),
+            rejects: None,
         };
+        sink.resume();
+        sink
+    }
+
+    /// A plain server that answers RCPT TO for some recipients with a
+    /// refusal: `rejects` is `"a@x=550 5.1.1 text;b@x=451 4.3.0 text"`.
+    pub fn start_rejecting(dir: &Path, rejects: &str) -> SmtpSink {
+        let mut sink = Self::start(dir, None);
+        sink.stop();
+        sink.rejects = Some(rejects.to_string());
         sink.resume();
         sink
     }
@@ -427,6 +440,9 @@ impl SmtpSink {
         let mut cmd = Command::new(SYSTEM_PYTHON);
         if let Some(pw) = &self.password {
             cmd.env("SMTP_SINK_PASSWORD", pw);
+        }
+        if let Some(rejects) = &self.rejects {
+            cmd.env("SMTP_SINK_REJECT", rejects);
         }
         let mut child = cmd
             .args(&self.args)

@@ -8,7 +8,8 @@ stdout at exit.
 Every accepted message becomes OUTDIR/<n>.msg: one JSON line (envelope
 sender, recipients, whether the session was encrypted), then the message as
 received. With SMTP_SINK_PASSWORD set, mail is refused unless the client
-logs in as "keywarden" with that password. With CERT and KEY the server offers STARTTLS and refuses mail
+logs in as "keywarden" with that password. SMTP_SINK_REJECT="a@x=550 text;b@x=451 text"
+answers RCPT TO for those addresses with those replies. With CERT and KEY the server offers STARTTLS and refuses mail
 without it; with "implicit" after them it speaks TLS from the first byte. Prints "ready" once listening.
 """
 import json
@@ -28,6 +29,18 @@ class Store:
         self.implicit = implicit
         self.lock = threading.Lock()
         self.count = 0
+        self.rejects = {}
+        for item in os.environ.get("SMTP_SINK_REJECT", "").split(";"):
+            if "=" in item:
+                address, reply = item.split("=", 1)
+                self.rejects[address.strip().lower()] = reply.strip()
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        reply = self.rejects.get(address.lower())
+        if reply:
+            return reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
         with self.lock:
