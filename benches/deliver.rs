@@ -196,7 +196,14 @@ fn main() {
                 let r = templates
                     .render_key_digest(&format!("Owner {i}"), &[payload], None, now)
                     .unwrap();
-                build_message(&from, &format!("owner{i}@example.com"), Some(&format!("Owner {i}")), &r).unwrap()
+                build_message(
+                    &from,
+                    &format!("owner{i}@example.com"),
+                    Some(&format!("Owner {i}")),
+                    &r,
+                    "bench.example.org",
+                )
+                .unwrap()
             })
             .collect();
         let (kw, rss) = keywarden_run(&config_path);

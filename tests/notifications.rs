@@ -25,6 +25,7 @@ both_backends!(
     a_job_failing_repeatedly_alerts_the_admins_once,
     waiting_in_backoff_keeps_the_failure_streak,
     a_permanent_refusal_fails_at_once_and_a_temporary_one_is_retried,
+    servers_are_greeted_with_a_fully_qualified_name,
     a_failed_notification_can_be_retried_by_hand,
 );
 
@@ -636,6 +637,35 @@ fn a_permanent_refusal_fails_at_once_and_a_temporary_one_is_retried(backend: Bac
     let out = keywarden(&cfg, &["notifications", "retry", &bounced.to_string()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(row(&mut conn, "bounce").1, "pending");
+}
+
+/// EHLO and the Message-ID carry the configured fully qualified name, not
+/// the short host name; check-config warns when only a short one is known.
+fn servers_are_greeted_with_a_fully_qualified_name(backend: Backend) {
+    let db = TestDb::new(backend);
+    let sink = SmtpSink::start(db.path(), None);
+    let mut conn = db.conn();
+    let owner = add_user(&mut conn, "fqdn@example.com");
+    add_key(&mut conn, owner, "sk_live_v2_fqdn", "active", ts(TimeDelta::days(3)));
+    let cfg = smtp_config(&db, sink.port, "hello_name = \"mail.example.org\"");
+    ok(keywarden(&cfg, &["jobs", "run", "notify-expiry"]));
+    let msgs = sink.messages();
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0].0["helo"], "mail.example.org");
+    let parsed = MessageParser::default().parse(&msgs[0].1).unwrap();
+    assert!(
+        parsed.message_id().unwrap_or_default().ends_with("@mail.example.org"),
+        "{:?}",
+        parsed.message_id()
+    );
+    let short = smtp_config(&db, sink.port, "hello_name = \"vm\"");
+    let out = keywarden(&short, &["check-config"]);
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("only the short host name \"vm\""),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn a_failed_notification_can_be_retried_by_hand(backend: Backend) {

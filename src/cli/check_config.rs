@@ -14,6 +14,16 @@ pub fn run(path: &Path) -> ExitCode {
                 }
                 return ExitCode::from(super::EXIT_CONFIG);
             }
+            if config.notifications.transport == crate::config::MailTransport::Smtp {
+                let (name, qualified) = config.mail_host_name();
+                if !qualified {
+                    eprintln!(
+                        "{}: warning: only the short host name {name:?} is known; mail servers may refuse it \
+                         in EHLO (set notifications.hello_name to this host's fully qualified name)",
+                        config.source.display()
+                    );
+                }
+            }
             println!("ok");
             ExitCode::SUCCESS
         }

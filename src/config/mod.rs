@@ -532,6 +532,11 @@ pub fn is_loopback_host(host: &str) -> bool {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NotificationsConfig {
+    /// The fully qualified name keywarden gives in EHLO and in Message-IDs
+    /// (mail servers refuse a bare `vm`); by default `daemon.host_name` when
+    /// it is qualified, else the system's fully qualified name.
+    #[serde(default)]
+    pub hello_name: Option<String>,
     /// Warning windows before expiry; only the tightest due one is sent.
     #[serde(default = "default_windows")]
     pub windows: Vec<HumanDuration>,
@@ -601,6 +606,7 @@ fn default_file_dir() -> PathBuf {
 impl Default for NotificationsConfig {
     fn default() -> Self {
         Self {
+            hello_name: None,
             windows: default_windows(),
             notify_expired: true,
             admin_emails: Vec::new(),
@@ -654,6 +660,19 @@ impl NotificationsConfig {
                 || url.chars().any(|c| c.is_whitespace() || c.is_control())
             {
                 out.push(format!("notifications.action_url {url:?} must be an http(s) URL"));
+            }
+        }
+        if let Some(name) = &self.hello_name {
+            let ok = !name.is_empty()
+                && name.len() <= 253
+                && name.split('.').all(|l| {
+                    !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                });
+            if !ok {
+                out.push(format!(
+                    "notifications.hello_name {:?} is not a host name (letters, digits, '-' and dots)",
+                    name.chars().take(80).collect::<String>()
+                ));
             }
         }
         if self.max_attempts == 0 || self.max_attempts > 100 {
@@ -1113,6 +1132,45 @@ fn validate_job_section(
 
 /// The kernel's host name (what `uname -n` prints), through `gethostname`
 /// so it works where /proc/sys is hidden (`ProcSubset=pid` in the unit).
+/// The system's fully qualified name: the canonical name the resolver
+/// gives for the host name (`/etc/hosts` or DNS), when it has a dot.
+pub fn system_fqdn() -> Option<String> {
+    let host = std::ffi::CString::new(system_host_name()).ok()?;
+    // SAFETY: `hints` is zeroed then filled; `res` is written by
+    // getaddrinfo and freed below; ai_canonname is a C string or null.
+    unsafe {
+        let mut hints: libc::addrinfo = std::mem::zeroed();
+        hints.ai_flags = libc::AI_CANONNAME;
+        hints.ai_socktype = libc::SOCK_STREAM;
+        let mut res: *mut libc::addrinfo = std::ptr::null_mut();
+        if libc::getaddrinfo(host.as_ptr(), std::ptr::null(), &hints, &mut res) != 0 || res.is_null() {
+            return None;
+        }
+        let canon = (*res).ai_canonname;
+        let name = (!canon.is_null()).then(|| std::ffi::CStr::from_ptr(canon).to_string_lossy().into_owned());
+        libc::freeaddrinfo(res);
+        name.filter(|n| n.contains('.') && !n.ends_with(".localdomain"))
+    }
+}
+
+impl Config {
+    /// The name for EHLO and Message-IDs, and whether it is fully
+    /// qualified: `notifications.hello_name`, else a qualified
+    /// `daemon.host_name`, else the system's FQDN, else the short name.
+    pub fn mail_host_name(&self) -> (String, bool) {
+        if let Some(name) = &self.notifications.hello_name {
+            return (name.clone(), name.contains('.'));
+        }
+        if let Some(name) = self.daemon.host_name.as_ref().filter(|n| n.contains('.')) {
+            return (name.clone(), true);
+        }
+        match system_fqdn() {
+            Some(fqdn) => (fqdn, true),
+            None => (self.host_name(), false),
+        }
+    }
+}
+
 pub fn system_host_name() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: the buffer is writable and its length is passed.

@@ -28,7 +28,8 @@ pub fn run(ctx: &mut JobContext<'_>) -> Result<JobReport, JobError> {
         );
     }
     let templates = Templates::load(cfg).map_err(|e| JobError::Failed(e.to_string()))?;
-    let mailer = Mailer::from_config(cfg).map_err(|e| JobError::Failed(e.to_string()))?;
+    let (hello_name, _) = ctx.config.mail_host_name();
+    let mailer = Mailer::from_config(cfg, &hello_name).map_err(|e| JobError::Failed(e.to_string()))?;
     let released = release_abandoned(ctx.conn, ctx.holder, crate::db::now())?;
     if released > 0 {
         info!("{released} notice(s) left sending by a run that stopped are due again");

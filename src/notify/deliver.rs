@@ -124,7 +124,9 @@ pub fn deliver_chunk(
             let message = templates
                 .render_admin_digest(&alerts)
                 .map_err(|e| e.to_string())
-                .and_then(|r| build_message(&from, &recipient, None, &r).map_err(|e| e.to_string()));
+                .and_then(|r| {
+                    build_message(&from, &recipient, None, &r, mailer.hello_name()).map_err(|e| e.to_string())
+                });
             outgoing.push(Outgoing {
                 ids: other.iter().map(|r| r.id).collect(),
                 attempts: other.iter().map(|r| r.attempts).max().unwrap_or(0).max(0) as u32 + 1,
@@ -147,7 +149,9 @@ pub fn deliver_chunk(
         let message = templates
             .render_key_digest(&display, &payloads, cfg.action_url.as_deref(), now)
             .map_err(|e| e.to_string())
-            .and_then(|r| build_message(&from, &recipient, name.as_deref(), &r).map_err(|e| e.to_string()));
+            .and_then(|r| {
+                build_message(&from, &recipient, name.as_deref(), &r, mailer.hello_name()).map_err(|e| e.to_string())
+            });
         outgoing.push(Outgoing {
             ids: keys.iter().map(|r| r.id).collect(),
             attempts: keys.iter().map(|r| r.attempts).max().unwrap_or(0).max(0) as u32 + 1,

@@ -290,11 +290,13 @@ impl Header for AutoSubmitted {
 
 /// Addresses a rendered message. The recipient's display name is encoded by
 /// lettre; the subject is cleaned of control characters first.
+/// `domain` is the fully qualified name after the `@` of the Message-ID.
 pub fn build_message(
     from: &Mailbox,
     to_email: &str,
     to_name: Option<&str>,
     rendered: &Rendered,
+    domain: &str,
 ) -> Result<Message, RenderError> {
     let address = to_email
         .parse::<lettre::Address>()
@@ -304,7 +306,7 @@ pub fn build_message(
         .from(from.clone())
         .to(to)
         .subject(clean(&rendered.subject, 200))
-        .message_id(None)
+        .message_id(Some(format!("<{}@{domain}>", uuid::Uuid::new_v4().simple())))
         .date_now()
         .header(AutoSubmitted)
         .multipart(MultiPart::alternative_plain_html(
@@ -374,7 +376,14 @@ mod tests {
         assert!(r.html.contains("&lt;script&gt;"));
         assert!(!r.subject.contains('\r') && !r.subject.contains('\n'));
         let from: Mailbox = "keywarden <kw@example.com>".parse().unwrap();
-        let msg = build_message(&from, "owner@example.com", Some("Eve\r\nBcc: x@y"), &r).unwrap();
+        let msg = build_message(
+            &from,
+            "owner@example.com",
+            Some("Eve\r\nBcc: x@y"),
+            &r,
+            "mail.example.org",
+        )
+        .unwrap();
         let raw = String::from_utf8(msg.formatted()).unwrap();
         assert!(!raw.lines().any(|l| l.starts_with("Bcc:")), "{raw}");
         assert!(raw.contains("Auto-Submitted: auto-generated"));

@@ -6,6 +6,7 @@ use std::os::unix::fs::DirBuilderExt;
 
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+use lettre::transport::smtp::extension::ClientId;
 use lettre::transport::smtp::PoolConfig;
 use lettre::{Message, SmtpTransport, Transport};
 
@@ -25,7 +26,13 @@ pub enum TransportError {
     NoSmtp,
 }
 
-pub enum Mailer {
+pub struct Mailer {
+    kind: MailerKind,
+    /// The fully qualified name given in EHLO and in Message-IDs.
+    hello_name: String,
+}
+
+enum MailerKind {
     /// A directory of `.eml` files, each created 0600 (they name owners and
     /// keys) and renamed into place whole.
     File(std::path::PathBuf),
@@ -36,9 +43,23 @@ pub enum Mailer {
 }
 
 impl Mailer {
-    /// Builds the configured transport; reads the SMTP password now, so a
-    /// rotated password file is picked up at the next run.
-    pub fn from_config(cfg: &NotificationsConfig) -> Result<Mailer, TransportError> {
+    /// Builds the configured transport, greeting servers as `hello_name`
+    /// (see [`crate::config::Config::mail_host_name`]); reads the SMTP
+    /// password now, so a rotated password file is picked up at the next run.
+    pub fn from_config(cfg: &NotificationsConfig, hello_name: &str) -> Result<Mailer, TransportError> {
+        let kind = Self::kind(cfg, hello_name)?;
+        Ok(Mailer {
+            kind,
+            hello_name: hello_name.to_string(),
+        })
+    }
+
+    /// The name in EHLO and after the `@` of Message-IDs.
+    pub fn hello_name(&self) -> &str {
+        &self.hello_name
+    }
+
+    fn kind(cfg: &NotificationsConfig, hello_name: &str) -> Result<MailerKind, TransportError> {
         match cfg.transport {
             MailTransport::File => {
                 std::fs::DirBuilder::new()
@@ -49,7 +70,7 @@ impl Mailer {
                         path: cfg.file_dir.display().to_string(),
                         source,
                     })?;
-                Ok(Mailer::File(cfg.file_dir.clone()))
+                Ok(MailerKind::File(cfg.file_dir.clone()))
             }
             MailTransport::Smtp => {
                 let smtp = cfg.smtp.as_ref().ok_or(TransportError::NoSmtp)?;
@@ -64,6 +85,7 @@ impl Mailer {
                 }
                 let tls = tls.build_rustls().map_err(|e| TransportError::Tls(e.to_string()))?;
                 let mut builder = SmtpTransport::builder_dangerous(smtp.host.clone())
+                    .hello_name(ClientId::Domain(hello_name.to_string()))
                     .port(smtp.port())
                     .timeout(Some(smtp.timeout.as_duration()))
                     .pool_config(PoolConfig::new().max_size(smtp.pool_size))
@@ -79,7 +101,7 @@ impl Mailer {
                     };
                     builder = builder.credentials(Credentials::new(user.clone(), password));
                 }
-                Ok(Mailer::Smtp {
+                Ok(MailerKind::Smtp {
                     transport: Box::new(builder.build()),
                     connections: smtp.pool_size as usize,
                 })
@@ -89,21 +111,21 @@ impl Mailer {
 
     /// How many messages may be in flight at once: the SMTP pool size.
     pub fn parallelism(&self) -> usize {
-        match self {
-            Mailer::File(_) => 1,
-            Mailer::Smtp { connections, .. } => *connections,
+        match &self.kind {
+            MailerKind::File(_) => 1,
+            MailerKind::Smtp { connections, .. } => *connections,
         }
     }
 
     /// Sends one message. Errors are the transport's own words, which never
     /// include the password.
     pub fn send(&self, message: &Message) -> Result<(), SendError> {
-        match self {
-            Mailer::File(dir) => write_eml(dir, message).map_err(|e| SendError {
+        match &self.kind {
+            MailerKind::File(dir) => write_eml(dir, message).map_err(|e| SendError {
                 text: format!("cannot write to {}: {e}", dir.display()),
                 permanent: false,
             }),
-            Mailer::Smtp { transport, .. } => transport.send(message).map(|_| ()).map_err(|e| {
+            MailerKind::Smtp { transport, .. } => transport.send(message).map(|_| ()).map_err(|e| {
                 let text = e.to_string();
                 SendError {
                     permanent: refuses_this_message(e.status().map(u16::from), &text),

@@ -53,6 +53,7 @@ class Store:
             "rcpt_tos": envelope.rcpt_tos,
             # An implicit-TLS listener accepts nothing but TLS connections.
             "tls": session.ssl is not None or self.implicit,
+            "helo": session.host_name,
         }
         base = os.path.join(self.outdir, "%06d" % n)
         with open(base + ".tmp", "wb") as f:
