@@ -1024,8 +1024,14 @@ impl Config {
     /// reports these, so it passes only what `run` accepts; `run` stops on
     /// the SQLite directory (exit 78) instead of retrying forever.
     pub fn check_local(&self) -> Vec<ConfigError> {
-        let text = std::fs::read_to_string(&self.source).unwrap_or_default();
-        self.local_problems()
+        let problems = self.local_problems();
+        // The file is read again only to place what was found.
+        let text = if problems.is_empty() {
+            String::new()
+        } else {
+            std::fs::read_to_string(&self.source).unwrap_or_default()
+        };
+        problems
             .into_iter()
             .map(|message| ConfigError {
                 file: self.source.clone(),

@@ -79,28 +79,20 @@ pub fn close_abandoned(
     host: Option<&str>,
     now: NaiveDateTime,
 ) -> QueryResult<usize> {
-    let mut open = job_runs::table
-        .filter(job_runs::job.eq(job))
-        .filter(job_runs::outcome.eq("running"))
-        .into_boxed();
-    if let Some(host) = host {
-        open = open.filter(job_runs::host.eq(host));
-    }
-    let ids: Vec<i64> = open.select(job_runs::id).load(conn)?;
-    if ids.is_empty() {
-        return Ok(0);
-    }
-    diesel::update(
-        job_runs::table
-            .filter(job_runs::id.eq_any(ids))
-            .filter(job_runs::outcome.eq("running")),
-    )
-    .set((
+    let closed = (
         job_runs::outcome.eq("interrupted"),
         job_runs::finished_at.eq(Some(now)),
         job_runs::error.eq(Some("the process running it stopped before the run finished")),
-    ))
-    .execute(conn)
+    );
+    let open = job_runs::table
+        .filter(job_runs::job.eq(job))
+        .filter(job_runs::outcome.eq("running"));
+    match host {
+        Some(host) => diesel::update(open.filter(job_runs::host.eq(host)))
+            .set(closed)
+            .execute(conn),
+        None => diesel::update(open).set(closed).execute(conn),
+    }
 }
 
 /// The most recent run of a job.

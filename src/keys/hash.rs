@@ -41,15 +41,19 @@ impl SecretHasher {
         })
     }
 
-    /// A decoy with the cost of `like` (a stored PHC string), or with the
-    /// configured cost when `like` is absent or unacceptable. Built without
-    /// hashing anything, so no command pays for it up front.
-    fn decoy(&self, like: Option<&str>) -> String {
-        let params = like
-            .filter(|phc| acceptable_phc(phc))
-            .and_then(phc_params)
-            .unwrap_or(&self.params);
-        format!("$argon2id$v=19${params}${DECOY_SALT}${DECOY_HASH}")
+    /// A decoy at the configured cost, built without hashing anything, so
+    /// no command pays for it up front.
+    fn decoy(&self) -> String {
+        format!("$argon2id$v=19${}${DECOY_SALT}${DECOY_HASH}", self.params)
+    }
+
+    /// What a verification without a key of its own runs against: `like`
+    /// (a stored hash) when its cost is acceptable, else the decoy.
+    fn stand_in<'a>(&self, like: Option<&'a str>) -> std::borrow::Cow<'a, str> {
+        match like.filter(|phc| acceptable_phc(phc)) {
+            Some(phc) => std::borrow::Cow::Borrowed(phc),
+            None => std::borrow::Cow::Owned(self.decoy()),
+        }
     }
 
     /// The PHC string for a secret, with a fresh random salt.
@@ -79,15 +83,7 @@ impl SecretHasher {
     /// key's, whatever its cost; against a decoy at the configured cost when
     /// there is none or it is unacceptable. The outcome is thrown away.
     pub fn verify_decoy(&self, secret: &str, like: Option<&str>) {
-        match like.filter(|phc| acceptable_phc(phc)) {
-            Some(phc) => {
-                let _ = self.argon2.verify_password(secret.as_bytes(), phc);
-            }
-            None => {
-                let decoy = self.decoy(None);
-                let _ = self.argon2.verify_password(secret.as_bytes(), decoy.as_str());
-            }
-        }
+        let _ = self.argon2.verify_password(secret.as_bytes(), &*self.stand_in(like));
     }
 
     /// True when a stored hash was made at another cost than the configured
@@ -147,12 +143,18 @@ mod tests {
     #[test]
     fn decoys_are_well_formed_at_the_cost_they_stand_in_for() {
         let h = SecretHasher::new(&Argon2Config::default()).unwrap();
-        let own = h.decoy(None);
+        let own = h.decoy();
         assert!(own.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{own}");
-        let old = h.decoy(Some("$argon2id$v=19$m=7168,t=5,p=1$c2FsdHNhbHQ$aGFzaA"));
+        let old_cost = Argon2Config {
+            memory_kib: 7168,
+            iterations: 5,
+            ..Argon2Config::default()
+        };
+        let stored = SecretHasher::new(&old_cost).unwrap().hash("a key's secret").unwrap();
+        let old = h.stand_in(Some(&stored)).into_owned();
         assert!(old.starts_with("$argon2id$v=19$m=7168,t=5,p=1$"), "{old}");
         // A planted, absurd cost is not copied.
-        let planted = h.decoy(Some("$argon2id$v=19$m=99999999,t=2,p=1$c2FsdHNhbHQ$aGFzaA"));
+        let planted = h.stand_in(Some("$argon2id$v=19$m=99999999,t=2,p=1$c2FsdHNhbHQ$aGFzaA"));
         assert_eq!(planted, own);
         for decoy in [own, old] {
             let parsed = argon2::PasswordHash::new(&decoy).expect("a decoy parses as PHC");

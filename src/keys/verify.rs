@@ -120,14 +120,14 @@ impl KeyService {
             .select((ApiKey::as_select(), users::status))
             .first(conn)
             .optional()?;
-        // Both paths read the neighbouring key's hash: an unknown prefix is
-        // answered with a decoy at that key's cost (after a cost raise,
-        // stored keys keep their old cost until re-hashed), and a known one
-        // does the same reads, so the two cannot be told apart by time.
-        let neighbour = neighbour_hash(conn, parsed.prefix)?;
         let now = crate::db::now();
         let ip = req.ip.map(|i| i.to_string());
         let Some((key, owner_status)) = row else {
+            // An unknown prefix is verified against a neighbouring key's
+            // stored hash, at that key's cost (after a cost raise, stored
+            // keys keep their old cost until re-hashed); the fixed end of
+            // every refusal hides the extra read.
+            let neighbour = neighbour_hash(conn, parsed.prefix)?;
             let argon = std::time::Instant::now();
             self.hasher.verify_decoy(parsed.secret(), neighbour.as_deref());
             let argon = argon.elapsed();
