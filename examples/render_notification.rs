@@ -4,17 +4,20 @@
 //!     cargo run --example render_notification -- /tmp/sample.html
 //!     chromium --headless --no-sandbox --disable-gpu --screenshot=/tmp/sample.png \
 //!         --window-size=800,900 file:///tmp/sample.html
+//!     chromium --headless --no-sandbox --disable-gpu --screenshot=/tmp/narrow.png \
+//!         --window-size=375,1100 file:///tmp/sample.html
 //!
 //! The text part is written beside it (`/tmp/sample.txt`). Pass a
 //! configuration as the second argument to render with its templates
-//! (`notifications.templates_dir`) and `action_url`.
+//! (`notifications.templates_dir`), `action_url`, `instructions`,
+//! `instance_name` and `contact`.
 
 use std::path::PathBuf;
 
 use chrono::TimeDelta;
 use keywarden::config::{Config, NotificationsConfig};
 use keywarden::notify::detect::KeyNoticePayload;
-use keywarden::notify::render::Templates;
+use keywarden::notify::render::{OwnerNotes, Templates};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -25,6 +28,18 @@ fn main() -> anyhow::Result<()> {
     };
     if cfg.action_url.is_none() {
         cfg.action_url = Some("https://portal.example.com/keys".into());
+    }
+    if cfg.contact.is_none() {
+        cfg.contact = Some("platform-team@example.com".into());
+    }
+    if cfg.instance_name.is_none() {
+        cfg.instance_name = Some("Example Corp API gateway".into());
+    }
+    if cfg.instructions.is_none() {
+        cfg.instructions = Some(
+            "Open the developer portal, choose the key and press Rotate. Deploy the new key, then delete the old one."
+                .into(),
+        );
     }
     let now = keywarden::db::now();
     let keys = vec![
@@ -47,7 +62,12 @@ fn main() -> anyhow::Result<()> {
             expired: true,
         },
     ];
-    let rendered = Templates::load(&cfg)?.render_key_digest("Alice Example", &keys, cfg.action_url.as_deref(), now)?;
+    let rendered = Templates::load(&cfg)?.render_key_digest(
+        "Alice Example",
+        &keys,
+        &OwnerNotes::from_config(&cfg, "keywarden.example.com"),
+        now,
+    )?;
     std::fs::write(&out, &rendered.html)?;
     std::fs::write(out.with_extension("txt"), &rendered.text)?;
     println!("Subject: {}", rendered.subject);

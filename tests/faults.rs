@@ -468,9 +468,16 @@ fn database_outage_during_delivery() {
     proxy.restore();
     eprintln!("outage of {:?} after {at_cut} messages", cut_at.elapsed());
 
-    eventually(120 * SECOND, "every owner is mailed after the outage", || {
+    if !wait_until(120 * SECOND, || {
         delivered_and_duplicates(&sink, &owners).0 == owners.len()
-    });
+    }) {
+        panic!(
+            "not every owner was mailed after the outage ({} of {}); log:\n{}",
+            delivered_and_duplicates(&sink, &owners).0,
+            owners.len(),
+            daemon.log()
+        );
+    }
     if !wait_until(60 * SECOND, || {
         count_with_status(&mut conn, &due, "expired") == due.len()
     }) {
@@ -525,17 +532,6 @@ fn database_outage_during_delivery() {
         log.contains("server closed the connection") || log.contains("cannot connect"),
         "the outage was seen:\n{log}"
     );
-}
-
-fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
 }
 
 /// Reads `STATUS=` datagrams until one satisfies `pred`.

@@ -27,6 +27,7 @@ both_backends!(
     a_permanent_refusal_fails_at_once_and_a_temporary_one_is_retried,
     servers_are_greeted_with_a_fully_qualified_name,
     a_failed_notification_can_be_retried_by_hand,
+    postfix_accepts_a_fully_qualified_greeting_over_starttls,
 );
 
 fn ok(out: std::process::Output) -> String {
@@ -214,11 +215,9 @@ fn rotation_cancels_and_a_new_expiry_renews(backend: Backend) {
     let id = add_key(&mut conn, owner, "sk_live_v2_rot", "active", ts(TimeDelta::days(3)));
     let cfg = keywarden::config::NotificationsConfig::default();
     let planned = enqueue_key_notices(&mut conn, &cfg, keywarden::db::now()).unwrap();
-    assert_eq!(planned.len(), 1);
+    assert_eq!(planned, 1);
     // Enqueueing again adds nothing, whatever happens in between.
-    assert!(enqueue_key_notices(&mut conn, &cfg, keywarden::db::now())
-        .unwrap()
-        .is_empty());
+    assert_eq!(enqueue_key_notices(&mut conn, &cfg, keywarden::db::now()).unwrap(), 0);
 
     let svc = KeyService::new(&KeysConfig::default()).unwrap();
     svc.rotate(&mut conn, "sk_live_v2_rot", None, "test").unwrap();
@@ -232,19 +231,22 @@ fn rotation_cancels_and_a_new_expiry_renews(backend: Backend) {
 
     // A key whose expiry moves is eligible again for its new windows.
     let other = add_key(&mut conn, owner, "sk_live_v2_ext", "active", ts(TimeDelta::hours(20)));
-    assert_eq!(
-        enqueue_key_notices(&mut conn, &cfg, keywarden::db::now())
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(enqueue_key_notices(&mut conn, &cfg, keywarden::db::now()).unwrap(), 1);
     diesel::update(api_keys::table.find(other))
         .set(api_keys::expires_at.eq(ts(TimeDelta::days(25))))
         .execute(&mut conn)
         .unwrap();
     let again = enqueue_key_notices(&mut conn, &cfg, keywarden::db::now()).unwrap();
-    assert_eq!(again.len(), 1);
-    assert_eq!(again[0].window, "30d");
+    assert_eq!(again, 1);
+    let window: String = notifications::table
+        .filter(notifications::subject_id.eq(other.to_string()))
+        .filter(notifications::status.eq("pending"))
+        .filter(notifications::created_at.gt(ts(-TimeDelta::seconds(5))))
+        .order(notifications::id.desc())
+        .select(notifications::notice_window)
+        .first(&mut conn)
+        .unwrap();
+    assert_eq!(window, "30d");
     // Delivery drops the warning about the old expiry.
     let dir = db.path().join("outbox");
     let config = db.write_config("k.toml", "");
@@ -708,4 +710,77 @@ fn a_failed_notification_can_be_retried_by_hand(backend: Backend) {
     assert!(String::from_utf8_lossy(&out.stderr).contains("is sent"));
     let out = keywarden(&cfg, &["notifications", "retry", "999999"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("no notification with id 999999"));
+}
+
+/// Debian's Postfix, as a mail server is usually set up: STARTTLS required
+/// (the tests' CA), `reject_non_fqdn_helo_hostname` on, local delivery into
+/// a Maildir. A short greeting is refused and the notice waits to be
+/// retried; a fully qualified one gets the message delivered.
+fn postfix_accepts_a_fully_qualified_greeting_over_starttls(backend: Backend) {
+    let db = TestDb::new(backend);
+    let (ca, cert, key) = make_test_pki(db.path());
+    let postfix = support::postfix::Postfix::start(db.path(), &cert, &key, &["owner@example.test"]);
+    let mut conn = db.conn();
+    let owner = add_user(&mut conn, "owner@example.test");
+    add_key(&mut conn, owner, "sk_live_v2_postfix", "active", ts(TimeDelta::days(3)));
+    let config = |name: &str, hello: &str| {
+        db.write_config(
+            name,
+            &format!(
+                "[notifications]\ntransport = \"smtp\"\nfrom = \"keywarden <keywarden@keywarden.example.test>\"\nhello_name = \"{hello}\"\n[notifications.smtp]\nhost = \"localhost\"\nport = {}\nsecurity = \"starttls\"\nca_file = \"{}\"\ntimeout = \"10s\"\n",
+                postfix.port,
+                ca.display()
+            ),
+        )
+    };
+    let short = config("short.toml", "vm");
+    let out = keywarden(&short, &["jobs", "run", "notify-expiry"]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let (status, error): (String, Option<String>) = notifications::table
+        .filter(notifications::notice_window.eq("7d"))
+        .select((notifications::status, notifications::last_error))
+        .first(&mut conn)
+        .unwrap();
+    assert_eq!(
+        status, "pending",
+        "a refused greeting is a configuration problem: retried"
+    );
+    let error = error.unwrap_or_default();
+    assert!(error.contains("Helo command rejected"), "{error}");
+    assert!(postfix.maildir("owner").is_empty());
+
+    diesel::update(notifications::table.filter(notifications::notice_window.eq("7d")))
+        .set(notifications::next_attempt_at.eq(ts(-TimeDelta::seconds(1))))
+        .execute(&mut conn)
+        .unwrap();
+    let qualified = config("fqdn.toml", "keywarden.example.test");
+    ok(keywarden(&qualified, &["jobs", "run", "notify-expiry"]));
+    if !wait_until(std::time::Duration::from_secs(30), || {
+        !postfix.maildir("owner").is_empty()
+    }) {
+        panic!("nothing reached the Maildir; Postfix log:\n{}", postfix.log());
+    }
+    let delivered = postfix.maildir("owner");
+    assert_eq!(delivered.len(), 1);
+    let raw = &delivered[0];
+    let parsed = MessageParser::default().parse(raw).expect("parse");
+    assert!(
+        parsed
+            .message_id()
+            .unwrap_or_default()
+            .ends_with("@keywarden.example.test"),
+        "{:?}",
+        parsed.message_id()
+    );
+    let received = parsed.header_raw("Received").unwrap_or_default().to_string();
+    assert!(received.contains("from keywarden.example.test"), "{received}");
+    assert!(received.contains("ESMTPS"), "sent over TLS: {received}");
+    let text = parsed.body_text(0).unwrap_or_default().into_owned();
+    assert!(text.contains("sk_live_v2_postfix"), "{text}");
+    let sent: String = notifications::table
+        .filter(notifications::notice_window.eq("7d"))
+        .select(notifications::status)
+        .first(&mut conn)
+        .unwrap();
+    assert_eq!(sent, "sent");
 }

@@ -24,6 +24,15 @@ pub fn run(path: &Path) -> ExitCode {
                     );
                 }
             }
+            let n = &config.notifications;
+            let mails = n.transport == crate::config::MailTransport::Smtp;
+            if mails && n.action_url.is_none() && n.instructions.is_none() && n.contact.is_none() {
+                eprintln!(
+                    "{}: warning: owners' expiry emails can only tell them to ask for a new key; set \
+                     notifications.action_url, notifications.instructions or notifications.contact",
+                    config.source.display()
+                );
+            }
             println!("ok");
             ExitCode::SUCCESS
         }

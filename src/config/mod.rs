@@ -552,6 +552,19 @@ pub struct NotificationsConfig {
     /// Where owners manage their keys, shown in the email when set.
     #[serde(default)]
     pub action_url: Option<String>,
+    /// What owners should do about an expiring key, in the organisation's
+    /// words ("Rotate it in the developer portal…"); shown in the email.
+    #[serde(default)]
+    pub instructions: Option<String>,
+    /// The name owners know this installation by, in the footer ("You
+    /// receive this because you own API keys on <instance>"); by default the
+    /// host name keywarden greets mail servers with.
+    #[serde(default)]
+    pub instance_name: Option<String>,
+    /// Who owners can write to about their keys (the sender's replies are
+    /// not read), in the footer.
+    #[serde(default)]
+    pub contact: Option<String>,
     /// A directory whose `key_expiry.txt` / `key_expiry.html` override the
     /// built-in templates.
     #[serde(default)]
@@ -612,6 +625,9 @@ impl Default for NotificationsConfig {
             admin_emails: Vec::new(),
             from: default_from(),
             action_url: None,
+            instructions: None,
+            instance_name: None,
+            contact: None,
             templates_dir: None,
             max_attempts: default_max_attempts(),
             retry_base: default_retry_base(),
@@ -660,6 +676,26 @@ impl NotificationsConfig {
                 || url.chars().any(|c| c.is_whitespace() || c.is_control())
             {
                 out.push(format!("notifications.action_url {url:?} must be an http(s) URL"));
+            }
+        }
+        if let Some(text) = &self.instructions {
+            if text.trim().is_empty() || text.chars().count() > 1000 {
+                out.push("notifications.instructions must be between 1 and 1000 characters".into());
+            } else if text.chars().any(|c| c.is_control() && c != '\n') {
+                out.push("notifications.instructions may contain line breaks but no other control characters".into());
+            }
+        }
+        if let Some(name) = &self.instance_name {
+            if name.trim().is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+                out.push("notifications.instance_name must be 1 to 100 characters on one line".into());
+            }
+        }
+        if let Some(a) = &self.contact {
+            if a.parse::<lettre::Address>().is_err() {
+                out.push(format!(
+                    "notifications.contact {:?} is not an email address",
+                    a.chars().take(80).collect::<String>()
+                ));
             }
         }
         if let Some(name) = &self.hello_name {

@@ -10,7 +10,7 @@
 use tracing::info;
 
 use super::{JobContext, JobError, JobReport};
-use crate::notify::deliver::{deliver_chunk, release_abandoned, DeliveryReport};
+use crate::notify::deliver::{deliver, release_abandoned, DeliveryReport};
 use crate::notify::detect::enqueue_key_notices;
 use crate::notify::outbox;
 use crate::notify::render::Templates;
@@ -20,11 +20,10 @@ pub fn run(ctx: &mut JobContext<'_>) -> Result<JobReport, JobError> {
     let cfg = &ctx.config.notifications;
     let now = ctx.started_at;
     let enqueued = enqueue_key_notices(ctx.conn, cfg, now)?;
-    if !enqueued.is_empty() {
+    if enqueued > 0 {
         info!(
-            rows_affected = enqueued.len() as u64,
-            "enqueued {} expiry notice(s)",
-            enqueued.len()
+            rows_affected = enqueued as u64,
+            "enqueued {} expiry notice(s)", enqueued
         );
     }
     let templates = Templates::load(cfg).map_err(|e| JobError::Failed(e.to_string()))?;
@@ -34,22 +33,40 @@ pub fn run(ctx: &mut JobContext<'_>) -> Result<JobReport, JobError> {
     if released > 0 {
         info!("{released} notice(s) left sending by a run that stopped are due again");
     }
-    let mut total = DeliveryReport::default();
     let mut report = JobReport {
-        rows_affected: enqueued.len() as u64,
+        rows_affected: enqueued as u64,
         stopped_early: false,
     };
-    while let Some(batch) = deliver_chunk(ctx.conn, cfg, &mailer, &templates, ctx.holder, now)? {
-        total.messages += batch.messages;
-        total.notices += batch.notices;
-        total.retrying += batch.retrying;
-        total.failed += batch.failed;
-        total.cancelled += batch.cancelled;
-        if !ctx.checkpoint()? {
-            report.stopped_early = true;
-            break;
-        }
+    // Between chunks: keep the job lock, and stop for a shutdown.
+    let (keeper, stop) = (ctx.keeper, ctx.stop);
+    let mut lock_error = None;
+    let total = deliver(
+        ctx.conn,
+        cfg,
+        &mailer,
+        &templates,
+        ctx.holder,
+        now,
+        |conn| match keeper.renew(conn) {
+            Ok(true) if !stop.is_cancelled() => true,
+            Ok(true) => {
+                report.stopped_early = true;
+                false
+            }
+            Ok(false) => {
+                lock_error = Some(JobError::LockLost);
+                false
+            }
+            Err(e) => {
+                lock_error = Some(JobError::Db(e));
+                false
+            }
+        },
+    )?;
+    if let Some(e) = lock_error {
+        return Err(e);
     }
+    mailer.close();
     if total != DeliveryReport::default() {
         info!(
             "delivered {} email(s) covering {} notice(s); {} to retry, {} failed, {} cancelled",

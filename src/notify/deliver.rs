@@ -1,16 +1,15 @@
 //! Delivery: claim due rows, send one digest per recipient, mark the rows.
 //!
 //! What a crash or an outage can double is bounded by what is in flight:
-//! a chunk claims the rows of no more recipients than there are connections,
-//! each message is recorded sent (its own short statement) as soon as the
-//! server accepts it, a connection sends its next message only once the
-//! previous one is recorded, and delivery stops the moment a record cannot
-//! be written. A claim names its holder, so rows held by a process that is
-//! gone are claimed again at once.
+//! each message is recorded sent as soon as the server accepts it, a
+//! connection lets the server accept its next message only once the
+//! previous one is recorded (see [`super::smtp`]), and delivery stops the
+//! moment a record cannot be written. Claims run one chunk ahead of the
+//! sending, so the database's round trips overlap the mail's; rows claimed
+//! and never started are not doubled: a claim names its holder, so rows
+//! held by a process that is gone are claimed again at once.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc;
 
 use chrono::{NaiveDateTime, TimeDelta};
 use diesel::prelude::*;
@@ -21,8 +20,8 @@ use tracing::{error, info, warn};
 use super::detect::{generation_of, KeyNoticePayload};
 use super::kind;
 use super::outbox::{self, Notification};
-use super::render::{build_message, AdminAlert, Templates};
-use super::transport::{Mailer, SendError};
+use super::render::{build_message, AdminAlert, OwnerNotes, Templates};
+use super::transport::{Mailer, Outcome, SendError};
 use crate::config::NotificationsConfig;
 use crate::db::holder::Holder;
 use crate::db::schema::{api_keys, users};
@@ -33,7 +32,8 @@ use crate::keys::status as key_status;
 /// another host) is assumed abandoned and claimed again.
 pub const STALE_CLAIM: TimeDelta = TimeDelta::minutes(15);
 
-/// Due rows looked at per claim, to find the recipients to claim for.
+/// Due rows looked at per claim, at most, to find the recipients to claim
+/// for (eight per recipient wanted).
 pub const CLAIM_SCAN: i64 = 500;
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -63,39 +63,171 @@ pub fn retry_delay(cfg: &NotificationsConfig, attempt: u32) -> TimeDelta {
     TimeDelta::from_std(capped + jitter).unwrap_or(TimeDelta::hours(6))
 }
 
-/// Claims and delivers one chunk: the due rows of as many recipients as the
-/// mailer has connections. `None` when nothing was due. An error means a
-/// row's outcome could not be recorded: stop, the rows still claimed are
-/// claimed again by the next run.
-pub fn deliver_chunk(
+/// Delivers everything due: claims a chunk (the due rows of as many
+/// recipients as the mailer has messages in flight), renders one digest per
+/// recipient, submits them, and records each outcome as it comes, while the
+/// next chunk is claimed and rendered (one chunk ahead, no more).
+/// `keep_going` is asked about once a second (it renews the job lock) and
+/// stops the delivery when it says no. An error means an outcome could not
+/// be recorded: delivery stops at once; the rows still claimed are claimed
+/// again by the next run.
+pub fn deliver(
     conn: &mut DbConnection,
     cfg: &NotificationsConfig,
     mailer: &Mailer,
     templates: &Templates,
     holder: &Holder,
     now: NaiveDateTime,
-) -> QueryResult<Option<DeliveryReport>> {
-    let claimed = outbox::claim(conn, holder, crate::db::now(), mailer.parallelism(), CLAIM_SCAN)?;
-    if claimed.is_empty() {
-        return Ok(None);
-    }
+    mut keep_going: impl FnMut(&mut DbConnection) -> bool,
+) -> QueryResult<DeliveryReport> {
     let mut report = DeliveryReport::default();
+    let claim_size = mailer.claim_size();
     let from: Mailbox = match cfg.from.parse() {
         Ok(m) => m,
         Err(e) => {
             // check-config refuses this; a row must still never be lost.
-            let ids: Vec<i64> = claimed.iter().map(|n| n.id).collect();
-            outbox::mark_attempt_failed(
-                conn,
-                &ids,
-                &format!("notifications.from: {e}"),
-                Some(now + retry_delay(cfg, 1)),
-                now,
-            )?;
-            return Ok(Some(report));
+            let error = format!("notifications.from: {e}");
+            let mut after = 0;
+            loop {
+                let claimed = outbox::claim(conn, holder, crate::db::now(), claim_size, CLAIM_SCAN, &mut after)?;
+                if claimed.is_empty() {
+                    return Ok(report);
+                }
+                let ids: Vec<i64> = claimed.iter().map(|n| n.id).collect();
+                outbox::mark_attempt_failed(conn, &ids, &error, Some(now + retry_delay(cfg, 1)), now)?;
+                report.retrying += 1;
+            }
         }
     };
-    let claimed = drop_stale_key_notices(conn, claimed, now, &mut report)?;
+    let notes = OwnerNotes::from_config(cfg, mailer.hello_name());
+    let mut session = mailer.session();
+    let mut on_the_way: HashMap<usize, Outgoing> = HashMap::new();
+    let mut next_index = 0usize;
+    let mut exhausted = false;
+    let mut asked = std::time::Instant::now();
+    let scan = (claim_size as i64 * 8).min(CLAIM_SCAN);
+    // Claims walk the due rows in id order; a row that falls due again
+    // behind this cursor (released, retried) waits for the next run.
+    let mut after = 0;
+    loop {
+        if !exhausted && session.wants_more() {
+            let claimed = outbox::claim(conn, holder, crate::db::now(), claim_size, scan, &mut after).and_then(|c| {
+                match c.is_empty() {
+                    true => Ok(None),
+                    false => drop_stale_key_notices(conn, c, now, &mut report).map(Some),
+                }
+            });
+            let claimed = match claimed {
+                Ok(Some(c)) => c,
+                Ok(None) => {
+                    exhausted = true;
+                    continue;
+                }
+                Err(e) => {
+                    session.stop();
+                    return Err(e);
+                }
+            };
+            for (out, message) in render(claimed, &from, &notes, templates, mailer.hello_name(), now) {
+                session.submit(next_index, message);
+                on_the_way.insert(next_index, out);
+                next_index += 1;
+            }
+            continue;
+        }
+        if session.outstanding() == 0 {
+            if exhausted {
+                break;
+            }
+            continue;
+        }
+        let outcomes = session.outcomes();
+        if outcomes.iter().any(|(_, o)| o.as_ref().is_err_and(|e| e.unreachable)) {
+            // The rest would wait for the same server: stop claiming.
+            exhausted = true;
+        }
+        if let Err(e) = record_outcomes(conn, cfg, &outcomes, &mut on_the_way, &mut report) {
+            session.stop();
+            return Err(e);
+        }
+        session.recorded();
+        if asked.elapsed() >= std::time::Duration::from_secs(1) {
+            asked = std::time::Instant::now();
+            if !keep_going(conn) {
+                session.stop();
+                break;
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Writes the outcomes that arrived together: one statement when there is
+/// one, else one transaction (one commit). The Message-ID of a sent message
+/// is read from the message itself.
+fn record_outcomes(
+    conn: &mut DbConnection,
+    cfg: &NotificationsConfig,
+    outcomes: &[Outcome],
+    on_the_way: &mut HashMap<usize, Outgoing>,
+    report: &mut DeliveryReport,
+) -> QueryResult<()> {
+    let done: Vec<(Outgoing, Result<String, SendError>)> = outcomes
+        .iter()
+        .filter_map(|(i, sent)| {
+            let out = on_the_way.remove(i)?;
+            let sent = sent.clone().map(|()| out.message_id.clone());
+            Some((out, sent))
+        })
+        .collect();
+    let record = |conn: &mut DbConnection, report: &mut DeliveryReport| -> QueryResult<()> {
+        let sent: Vec<(&[i64], &str)> = done
+            .iter()
+            .filter_map(|(out, r)| r.as_ref().ok().map(|mid| (out.ids.as_slice(), mid.as_str())))
+            .collect();
+        if !sent.is_empty() {
+            outbox::mark_sent_many(conn, &sent, crate::db::now())?;
+        }
+        for (out, r) in &done {
+            match r {
+                Ok(_) => {
+                    report.messages += 1;
+                    report.notices += out.ids.len() as u64;
+                    info!(recipient = %out.recipient, notices = out.ids.len() as u64, "sent expiry notice for {} key(s) to {}", out.ids.len(), out.recipient);
+                }
+                Err(e) => record_outcome(conn, cfg, out, Err(e.clone()), report)?,
+            }
+        }
+        Ok(())
+    };
+    // One statement needs no transaction (a commit each way, and the
+    // PostgreSQL batch is one statement however many messages it covers).
+    let failures = done.iter().filter(|(_, r)| r.is_err()).count();
+    let statements = failures + usize::from(done.len() > failures);
+    let one_statement = statements <= 1 && (done.len() <= 1 || matches!(conn, DbConnection::Postgres(_)));
+    let recorded = if one_statement {
+        record(conn, report)
+    } else {
+        conn.write_transaction(|conn| record(conn, report))
+    };
+    if let Err(e) = &recorded {
+        for (out, _) in &done {
+            error!(recipient = %out.recipient, error = %crate::telemetry::one_line(&e.to_string()), "cannot record the outcome of the notice to {}; delivery stops until the database answers", out.recipient);
+        }
+    }
+    recorded
+}
+
+/// One digest per recipient (admin alerts and key notices apart), with the
+/// rows it covers.
+fn render(
+    claimed: Vec<Notification>,
+    from: &Mailbox,
+    notes: &OwnerNotes,
+    templates: &Templates,
+    hello_name: &str,
+    now: NaiveDateTime,
+) -> Vec<(Outgoing, Result<lettre::Message, String>)> {
     let mut groups: Vec<(String, Vec<Notification>)> = Vec::new();
     for n in claimed {
         match groups.last_mut() {
@@ -103,10 +235,7 @@ pub fn deliver_chunk(
             _ => groups.push((n.recipient.clone(), vec![n])),
         }
     }
-    // Render every digest first, send them over several connections at once
-    // (the pool), then record the outcomes: the database is only touched
-    // from this thread.
-    let mut outgoing: Vec<Outgoing> = Vec::new();
+    let mut outgoing = Vec::new();
     for (recipient, rows) in groups {
         let (keys, other): (Vec<&Notification>, Vec<&Notification>) =
             rows.iter().partition(|r| r.subject_kind == kind::API_KEY);
@@ -124,15 +253,8 @@ pub fn deliver_chunk(
             let message = templates
                 .render_admin_digest(&alerts)
                 .map_err(|e| e.to_string())
-                .and_then(|r| {
-                    build_message(&from, &recipient, None, &r, mailer.hello_name()).map_err(|e| e.to_string())
-                });
-            outgoing.push(Outgoing {
-                ids: other.iter().map(|r| r.id).collect(),
-                attempts: other.iter().map(|r| r.attempts).max().unwrap_or(0).max(0) as u32 + 1,
-                recipient: recipient.clone(),
-                message,
-            });
+                .and_then(|r| build_message(from, &recipient, None, &r, hello_name).map_err(|e| e.to_string()));
+            outgoing.push((Outgoing::new(&other, &recipient, &message), message));
         }
         if keys.is_empty() {
             continue;
@@ -147,35 +269,12 @@ pub fn deliver_chunk(
             .clone()
             .unwrap_or_else(|| recipient.split('@').next().unwrap_or("there").to_string());
         let message = templates
-            .render_key_digest(&display, &payloads, cfg.action_url.as_deref(), now)
+            .render_key_digest(&display, &payloads, notes, now)
             .map_err(|e| e.to_string())
-            .and_then(|r| {
-                build_message(&from, &recipient, name.as_deref(), &r, mailer.hello_name()).map_err(|e| e.to_string())
-            });
-        outgoing.push(Outgoing {
-            ids: keys.iter().map(|r| r.id).collect(),
-            attempts: keys.iter().map(|r| r.attempts).max().unwrap_or(0).max(0) as u32 + 1,
-            recipient,
-            message,
-        });
+            .and_then(|r| build_message(from, &recipient, name.as_deref(), &r, hello_name).map_err(|e| e.to_string()));
+        outgoing.push((Outgoing::new(&keys, &recipient, &message), message));
     }
-    let mut record_error = None;
-    send_recording(mailer, &outgoing, |i, sent| {
-        let out = &outgoing[i];
-        let recorded = record_outcome(conn, cfg, out, sent, &mut report);
-        match recorded {
-            Ok(()) => true,
-            Err(e) => {
-                error!(recipient = %out.recipient, error = %crate::telemetry::one_line(&e.to_string()), "cannot record the outcome of the notice to {}; delivery stops until the database answers", out.recipient);
-                record_error = Some(e);
-                false
-            }
-        }
-    });
-    match record_error {
-        Some(e) => Err(e),
-        None => Ok(Some(report)),
-    }
+    outgoing
 }
 
 /// Writes what became of one message, at once.
@@ -209,6 +308,7 @@ fn record_outcome(
         Err(SendError {
             text: e,
             permanent: true,
+            ..
         }) => {
             outbox::mark_attempt_failed(conn, ids, &e, None, now)?;
             report.failed += 1;
@@ -229,61 +329,26 @@ fn record_outcome(
     Ok(())
 }
 
-/// One digest ready to go.
+/// The rows one message covers.
 struct Outgoing {
     ids: Vec<i64>,
     attempts: u32,
     recipient: String,
-    message: Result<lettre::Message, String>,
+    message_id: String,
 }
 
-/// Sends every message over `mailer.parallelism()` connections at once and
-/// hands each outcome (the Message-ID, or the error) to `record` on the
-/// calling thread, the only one touching the database. A connection sends
-/// its next message only after `record` returned for its previous one, so
-/// at most one accepted message per connection is ever unrecorded; once
-/// `record` returns false no new message is started.
-fn send_recording(
-    mailer: &Mailer,
-    outgoing: &[Outgoing],
-    mut record: impl FnMut(usize, Result<String, SendError>) -> bool,
-) {
-    let next = AtomicUsize::new(0);
-    let stop = AtomicBool::new(false);
-    let workers = mailer.parallelism().clamp(1, outgoing.len().max(1));
-    type Done = (usize, Result<String, SendError>, mpsc::SyncSender<()>);
-    let (done_tx, done_rx) = mpsc::channel::<Done>();
-    std::thread::scope(|scope| {
-        for _ in 0..workers {
-            let done_tx = done_tx.clone();
-            let (next, stop) = (&next, &stop);
-            scope.spawn(move || loop {
-                if stop.load(Ordering::SeqCst) {
-                    break;
-                }
-                let i = next.fetch_add(1, Ordering::SeqCst);
-                let Some(out) = outgoing.get(i) else { break };
-                let result = match &out.message {
-                    Ok(msg) => {
-                        let id = msg.headers().get_raw("Message-ID").unwrap_or_default().to_string();
-                        mailer.send(msg).map(|_| id)
-                    }
-                    Err(e) => Err(SendError::transient(e.clone())),
-                };
-                let (recorded_tx, recorded_rx) = mpsc::sync_channel(1);
-                if done_tx.send((i, result, recorded_tx)).is_err() || recorded_rx.recv().is_err() {
-                    break;
-                }
-            });
+impl Outgoing {
+    fn new(rows: &[&Notification], recipient: &str, message: &Result<lettre::Message, String>) -> Outgoing {
+        Outgoing {
+            ids: rows.iter().map(|r| r.id).collect(),
+            attempts: rows.iter().map(|r| r.attempts).max().unwrap_or(0).max(0) as u32 + 1,
+            recipient: recipient.to_string(),
+            message_id: match message {
+                Ok(m) => m.headers().get_raw("Message-ID").unwrap_or_default().to_string(),
+                Err(_) => String::new(),
+            },
         }
-        drop(done_tx);
-        for (i, result, recorded) in done_rx {
-            if !stop.load(Ordering::SeqCst) && !record(i, result) {
-                stop.store(true, Ordering::SeqCst);
-            }
-            let _ = recorded.send(());
-        }
-    });
+    }
 }
 
 /// Cancels API-key notices whose key was rotated or revoked, or whose expiry

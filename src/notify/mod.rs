@@ -21,6 +21,7 @@ pub mod deliver;
 pub mod detect;
 pub mod outbox;
 pub mod render;
+pub mod smtp;
 pub mod transport;
 
 /// Subject kinds as stored.

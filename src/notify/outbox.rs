@@ -53,6 +53,25 @@ pub struct Notification {
     pub claimed_by: Option<String>,
 }
 
+/// Rows enqueued in one run above which the table's statistics are
+/// refreshed before delivery.
+pub const ANALYZE_AFTER: usize = 5000;
+
+/// Refreshes PostgreSQL's statistics of the outbox. After a run enqueued
+/// many rows into an outbox the planner last saw (nearly) empty, it would
+/// take every delivery query for a one-row lookup and walk all pending rows
+/// per claim: on 100,000 new notices, most of the run's time. Autovacuum
+/// catches up within minutes; a long first run cannot wait for it. Needs the
+/// table's owner (keywarden's own user, which runs the migrations); without
+/// that right it is skipped.
+pub fn refresh_statistics(conn: &mut DbConnection) {
+    if let DbConnection::Postgres(pg) = conn {
+        if let Err(e) = diesel::sql_query("ANALYZE notifications").execute(pg) {
+            tracing::debug!("ANALYZE notifications: {e}");
+        }
+    }
+}
+
 /// Inserts rows, leaving alone any that already exist for the same subject,
 /// generation and window. Returns how many were new.
 pub fn enqueue(conn: &mut DbConnection, rows: &[NewNotification]) -> QueryResult<usize> {
@@ -73,27 +92,30 @@ pub fn enqueue(conn: &mut DbConnection, rows: &[NewNotification]) -> QueryResult
     Ok(n)
 }
 
-/// Marks pending rows of a subject in windows wider than the one just
-/// enqueued as skipped: one warning per key at a time.
-pub fn skip_pending(
+/// Marks pending rows of these subjects in `windows` as skipped (a tighter
+/// window's notice was just enqueued for each of them), whatever their
+/// generation: a pending row of an older generation is stale anyway.
+pub fn skip_pending_windows(
     conn: &mut DbConnection,
     subject_kind: &str,
-    subject_id: &str,
-    generation: &str,
+    subject_ids: &[String],
     windows: &[String],
     now: NaiveDateTime,
 ) -> QueryResult<usize> {
-    diesel::update(notifications::table)
-        .filter(notifications::subject_kind.eq(subject_kind))
-        .filter(notifications::subject_id.eq(subject_id))
-        .filter(notifications::generation.eq(generation))
-        .filter(notifications::notice_window.eq_any(windows))
-        .filter(notifications::status.eq(status::PENDING))
-        .set((
-            notifications::status.eq(status::SKIPPED),
-            notifications::updated_at.eq(now),
-        ))
-        .execute(conn)
+    let mut n = 0;
+    for chunk in subject_ids.chunks(5000) {
+        n += diesel::update(notifications::table)
+            .filter(notifications::subject_kind.eq(subject_kind))
+            .filter(notifications::subject_id.eq_any(chunk))
+            .filter(notifications::notice_window.eq_any(windows))
+            .filter(notifications::status.eq(status::PENDING))
+            .set((
+                notifications::status.eq(status::SKIPPED),
+                notifications::updated_at.eq(now),
+            ))
+            .execute(conn)?;
+    }
+    Ok(n)
 }
 
 /// Cancels a key's pending warnings (it was rotated or revoked).
@@ -134,29 +156,6 @@ pub fn cancel_for_owner(conn: &mut DbConnection, owner_id: i64, now: NaiveDateTi
     Ok(n)
 }
 
-/// Existing rows for these subjects (any status), as (subject id, generation, window).
-pub fn existing_for(
-    conn: &mut DbConnection,
-    subject_kind: &str,
-    subject_ids: &[String],
-) -> QueryResult<Vec<(String, String, String)>> {
-    let mut out = Vec::new();
-    for chunk in subject_ids.chunks(5000) {
-        out.extend(
-            notifications::table
-                .filter(notifications::subject_kind.eq(subject_kind))
-                .filter(notifications::subject_id.eq_any(chunk))
-                .select((
-                    notifications::subject_id,
-                    notifications::generation,
-                    notifications::notice_window,
-                ))
-                .load::<(String, String, String)>(conn)?,
-        );
-    }
-    Ok(out)
-}
-
 /// Puts back rows left `sending` by a run that stopped before marking them
 /// (they are sent again: delivery is at-least-once): at once when their
 /// holder is provably gone (see [`Holder::is_gone`]), otherwise once the
@@ -194,72 +193,95 @@ pub fn release_abandoned_claims(
     Ok(n)
 }
 
-/// Claims the due rows of at most `recipients` recipients (taken in row
-/// order from the first `scan` due rows): they become `sending`, held by
-/// `holder`. Delivery claims no more than it can have in flight, so a crash
-/// leaves at most that many messages sent but unrecorded. On PostgreSQL the
-/// rows are picked with `FOR UPDATE SKIP LOCKED`, so concurrent claimers
-/// never take the same row; on SQLite the transaction begins `IMMEDIATE`.
+/// Claims the due rows of at most `recipients` recipients (taken in id
+/// order from the first `scan` due rows after `after`, which moves past
+/// them): they become `sending`, held by `holder`. On PostgreSQL that is two statements: a read of the due rows'
+/// recipients, then one `UPDATE … RETURNING` that re-checks the status
+/// under the row locks, so concurrent claimers never take the same row (a
+/// claimer that finds its rows taken looks again). On SQLite both run in
+/// one transaction that begins `IMMEDIATE`.
 pub fn claim(
     conn: &mut DbConnection,
     holder: &Holder,
     now: NaiveDateTime,
     recipients: usize,
     scan: i64,
+    after: &mut i64,
 ) -> QueryResult<Vec<Notification>> {
     let holder = holder.to_string();
-    conn.write_transaction(|conn| {
-        let due: Vec<(i64, String)> = match conn {
-            DbConnection::Postgres(pg) => notifications::table
-                .filter(notifications::status.eq(status::PENDING))
-                .filter(notifications::next_attempt_at.le(now))
-                .order(notifications::id.asc())
-                .limit(scan)
-                .select((notifications::id, notifications::recipient))
-                .for_update()
-                .skip_locked()
-                .load(pg)?,
-            DbConnection::Sqlite(lite) => notifications::table
-                .filter(notifications::status.eq(status::PENDING))
-                .filter(notifications::next_attempt_at.le(now))
-                .order(notifications::id.asc())
-                .limit(scan)
-                .select((notifications::id, notifications::recipient))
-                .load(lite)?,
-        };
-        let mut chosen: Vec<&str> = Vec::new();
-        let mut ids: Vec<i64> = Vec::new();
-        for (id, recipient) in &due {
-            if !chosen.contains(&recipient.as_str()) {
+    let claim_once = |conn: &mut DbConnection, after: &mut i64| -> QueryResult<Option<Vec<Notification>>> {
+        // The recipients of the next due rows in id order, read without
+        // locks, from where the previous claim stopped (the (status, id)
+        // index: rows claimed before are never stepped over again).
+        let due: Vec<(i64, String)> = notifications::table
+            .filter(notifications::status.eq(status::PENDING))
+            .filter(notifications::id.gt(*after))
+            .filter(notifications::next_attempt_at.le(now))
+            .order(notifications::id.asc())
+            .limit(scan)
+            .select((notifications::id, notifications::recipient))
+            .load(conn)?;
+        if due.is_empty() {
+            return Ok(None);
+        }
+        let mut chosen: Vec<String> = Vec::new();
+        for (id, recipient) in due {
+            if !chosen.contains(&recipient) {
                 if chosen.len() >= recipients.max(1) {
-                    continue;
+                    break;
                 }
                 chosen.push(recipient);
             }
-            ids.push(*id);
+            // Every row up to here belongs to a chosen recipient.
+            *after = id;
         }
-        if ids.is_empty() {
-            return Ok(Vec::new());
+        // All their due rows (one digest each). The UPDATE checks the status
+        // again under the row lock, so a row another replica claimed first
+        // is left alone.
+        // A macro: the RETURNING clause's type names the backend.
+        macro_rules! claim {
+            ($c:expr) => {
+                diesel::update(notifications::table)
+                    .filter(notifications::recipient.eq_any(&chosen))
+                    .filter(notifications::status.eq(status::PENDING))
+                    .filter(notifications::next_attempt_at.le(now))
+                    .set((
+                        notifications::status.eq(status::SENDING),
+                        notifications::claimed_at.eq(Some(now)),
+                        notifications::claimed_by.eq(Some(&holder)),
+                        notifications::updated_at.eq(now),
+                    ))
+                    .returning(Notification::as_returning())
+                    .get_results($c)?
+            };
         }
-        diesel::update(notifications::table)
-            .filter(notifications::id.eq_any(&ids))
-            .filter(notifications::status.eq(status::PENDING))
-            .set((
-                notifications::status.eq(status::SENDING),
-                notifications::claimed_at.eq(Some(now)),
-                notifications::claimed_by.eq(Some(&holder)),
-                notifications::updated_at.eq(now),
-            ))
-            .execute(conn)?;
-        notifications::table
-            .filter(notifications::id.eq_any(&ids))
-            .filter(notifications::status.eq(status::SENDING))
-            .filter(notifications::claimed_by.eq(&holder))
-            .order((notifications::recipient.asc(), notifications::id.asc()))
-            .select(Notification::as_select())
-            .load(conn)
-    })
+        let mut claimed: Vec<Notification> = match conn {
+            DbConnection::Postgres(pg) => claim!(pg),
+            DbConnection::Sqlite(lite) => claim!(lite),
+        };
+        claimed.sort_by(|a, b| (&a.recipient, a.id).cmp(&(&b.recipient, b.id)));
+        Ok(Some(claimed))
+    };
+    for _ in 0..CLAIM_TRIES {
+        // PostgreSQL: two autocommitted statements, the claim atomic in
+        // itself. SQLite: one write transaction (local, and it keeps other
+        // writers out between the read and the update).
+        let claimed = match conn {
+            DbConnection::Postgres(_) => claim_once(conn, after)?,
+            DbConnection::Sqlite(_) => conn.write_transaction(|c| claim_once(c, after))?,
+        };
+        match claimed {
+            None => return Ok(Vec::new()),
+            Some(c) if c.is_empty() => continue,
+            Some(c) => return Ok(c),
+        }
+    }
+    Ok(Vec::new())
 }
+
+/// How often a claim looks again when another replica claimed every row
+/// it chose first.
+const CLAIM_TRIES: usize = 20;
 
 /// Rows that failed at least once and wait for their next attempt (or gave
 /// up): undelivered past their due time. Returns the count and one error.
@@ -295,6 +317,38 @@ pub fn mark_sent(conn: &mut DbConnection, ids: &[i64], message_id: &str, now: Na
             notifications::updated_at.eq(now),
         ))
         .execute(conn)
+}
+
+/// Marks several messages sent at once, each with its own rows and
+/// Message-ID: one statement on PostgreSQL (arrays unnested; the SQL text
+/// is fixed), one per message on SQLite (where statements cost no round
+/// trip). Run it inside a transaction on SQLite when there are several.
+pub fn mark_sent_many(conn: &mut DbConnection, sent: &[(&[i64], &str)], now: NaiveDateTime) -> QueryResult<usize> {
+    match conn {
+        DbConnection::Postgres(pg) => {
+            use diesel::sql_types::{Array, BigInt, Text, Timestamp};
+            let (ids, message_ids): (Vec<i64>, Vec<&str>) = sent
+                .iter()
+                .flat_map(|(ids, mid)| ids.iter().map(move |id| (*id, *mid)))
+                .unzip();
+            diesel::sql_query(
+                "UPDATE notifications AS n SET status = 'sent', claimed_by = NULL, sent_at = $3, \
+                 message_id = v.message_id, attempts = n.attempts + 1, last_error = NULL, updated_at = $3 \
+                 FROM unnest($1::bigint[], $2::text[]) AS v(id, message_id) WHERE n.id = v.id",
+            )
+            .bind::<Array<BigInt>, _>(ids)
+            .bind::<Array<Text>, _>(message_ids)
+            .bind::<Timestamp, _>(now)
+            .execute(pg)
+        }
+        DbConnection::Sqlite(_) => {
+            let mut n = 0;
+            for (ids, mid) in sent {
+                n += mark_sent(conn, ids, mid, now)?;
+            }
+            Ok(n)
+        }
+    }
 }
 
 pub fn mark_cancelled(conn: &mut DbConnection, ids: &[i64], why: &str, now: NaiveDateTime) -> QueryResult<usize> {

@@ -93,7 +93,7 @@ impl Templates {
         &self,
         recipient_name: &str,
         keys: &[KeyNoticePayload],
-        action_url: Option<&str>,
+        notes: &OwnerNotes,
         now: NaiveDateTime,
     ) -> Result<Rendered, RenderError> {
         let subject = key_subject(keys, now);
@@ -104,7 +104,10 @@ impl Templates {
             expired_count: keys.iter().filter(|k| k.expired).count(),
             warning_count: keys.iter().filter(|k| !k.expired).count(),
             keys: lines,
-            action_url: action_url.map(str::to_string),
+            action_url: notes.action_url.clone(),
+            instructions: notes.instructions.as_deref().map(|t| clean_lines(t, 1000)),
+            instance_name: clean(&notes.instance_name, 100),
+            contact: notes.contact.as_deref().map(|c| clean(c, 254)),
         };
         Ok(Rendered {
             subject,
@@ -173,6 +176,31 @@ struct KeyContext {
     warning_count: usize,
     keys: Vec<KeyLine>,
     action_url: Option<String>,
+    instructions: Option<String>,
+    instance_name: String,
+    contact: Option<String>,
+}
+
+/// What an owner's email says besides the keys: where to act, what to do,
+/// who sent it and whom to ask. From `[notifications]`.
+#[derive(Debug, Clone, Default)]
+pub struct OwnerNotes {
+    pub action_url: Option<String>,
+    pub instructions: Option<String>,
+    pub instance_name: String,
+    pub contact: Option<String>,
+}
+
+impl OwnerNotes {
+    /// `instance` names the installation when `instance_name` is not set.
+    pub fn from_config(cfg: &crate::config::NotificationsConfig, instance: &str) -> OwnerNotes {
+        OwnerNotes {
+            action_url: cfg.action_url.clone(),
+            instructions: cfg.instructions.clone(),
+            instance_name: cfg.instance_name.clone().unwrap_or_else(|| instance.to_string()),
+            contact: cfg.contact.clone(),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -184,16 +212,12 @@ struct KeyLine {
     expires_on: String,
     relative: String,
     expired: bool,
-    rotate_command: String,
-    create_command: String,
 }
 
 impl KeyLine {
     fn new(k: &KeyNoticePayload, now: NaiveDateTime) -> Self {
         let name = clean(&k.name, 200);
         Self {
-            rotate_command: format!("keywarden keys rotate {}", k.prefix),
-            create_command: "keywarden keys create --owner <your email> --name <name>".into(),
             name,
             prefix: k.prefix.clone(),
             expires_at: k.expires_at.format("%a %-d %b %Y, %H:%M UTC").to_string(),
@@ -202,6 +226,17 @@ impl KeyLine {
             expired: k.expired,
         }
     }
+}
+
+/// Like [`clean`], keeping line breaks (for multi-line text from the config).
+fn clean_lines(s: &str, max: usize) -> String {
+    s.lines()
+        .map(|l| clean(l, max))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .chars()
+        .take(max)
+        .collect()
 }
 
 /// Removes control characters (no header or layout tricks) and bounds length.
@@ -370,7 +405,12 @@ mod tests {
         let t = Templates::load(&NotificationsConfig::default()).unwrap();
         let evil = "<script>alert(1)</script>\r\nBcc: victim@example.com";
         let r = t
-            .render_key_digest("Eve <b>", &[key(evil, at(3, 10), false)], None, at(1, 9))
+            .render_key_digest(
+                "Eve <b>",
+                &[key(evil, at(3, 10), false)],
+                &OwnerNotes::default(),
+                at(1, 9),
+            )
             .unwrap();
         assert!(!r.html.contains("<script>"), "{}", r.html);
         assert!(r.html.contains("&lt;script&gt;"));
@@ -385,7 +425,10 @@ mod tests {
         )
         .unwrap();
         let raw = String::from_utf8(msg.formatted()).unwrap();
-        assert!(!raw.lines().any(|l| l.starts_with("Bcc:")), "{raw}");
+        // The headers end at the first empty line; a body line may start
+        // with anything (quoted-printable wraps where it must).
+        let headers = raw.split("\r\n\r\n").next().unwrap_or_default();
+        assert!(!headers.lines().any(|l| l.starts_with("Bcc:")), "{raw}");
         assert!(raw.contains("Auto-Submitted: auto-generated"));
         assert!(raw.contains("Message-ID: <"));
         assert!(raw.contains("multipart/alternative"));

@@ -346,6 +346,18 @@ impl Drop for Daemon {
 }
 
 /// Polls `f` until it returns true.
+/// Polls `f` until it holds (true) or `timeout` passes (false).
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
 pub fn eventually(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
@@ -642,4 +654,5 @@ fn this_process_started() -> u64 {
 }
 
 pub mod pebble;
+pub mod postfix;
 pub mod proxy;
