@@ -82,12 +82,13 @@ pub const DETECT_BATCH: i64 = 2000;
 /// statistics of a still empty outbox, materialize the outbox and scan it
 /// once per key as the run fills it. The key's names and its owner are
 /// read only for keys without a notice (a second LATERAL gated on the
-/// first), so an idle run never joins the users. The SQL text is fixed; every value is
+/// first), so an idle run reads the keys from the (status, expires_at)
+/// index alone and never joins the users. The SQL text is fixed; every value is
 /// bound (`$1` status, `$2`/`$3` range, `$4`/`$5` cursor, `$6` window, `$7`
 /// batch size).
 const BATCH_POSTGRES: &str = "SELECT k.id, k.expires_at, COALESCE(u.status = 'active', false) AS due, \
        u.prefix, u.name, u.email AS owner_email, u.owner AS owner_name \
-     FROM (SELECT id, expires_at, owner_id FROM api_keys \
+     FROM (SELECT id, expires_at FROM api_keys \
            WHERE status = $1 AND expires_at > $2 AND expires_at <= $3 AND (expires_at, id) > ($4, $5) \
            ORDER BY expires_at, id LIMIT $7) k \
      LEFT JOIN LATERAL (SELECT 1 AS hit FROM notifications n WHERE n.subject_kind = 'api_key' \

@@ -167,15 +167,17 @@ impl SmtpPool {
             Err(_) => return,
         };
         let timeout = self.target.timeout;
-        // From a blocking thread (a job's); never called inside the runtime.
-        let quit = async move {
-            for (mut conn, _) in idle {
+        // Waited for on a plain channel, not with block_on: this may run on
+        // a thread that is inside another runtime (a job under the daemon).
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        runtime.spawn(async move {
+            let quits = idle.into_iter().map(|(mut conn, _)| async move {
                 let _ = tokio::time::timeout(timeout, conn.quit()).await;
-            }
-        };
-        if tokio::runtime::Handle::try_current().is_err() {
-            runtime.block_on(quit);
-        }
+            });
+            futures_util::future::join_all(quits).await;
+            let _ = done_tx.send(());
+        });
+        let _ = done_rx.recv_timeout(timeout + Duration::from_secs(1));
     }
 }
 
