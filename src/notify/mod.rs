@@ -21,6 +21,7 @@ pub mod deliver;
 pub mod detect;
 pub mod outbox;
 pub mod render;
+pub mod send_error;
 pub mod smtp;
 pub mod transport;
 

@@ -26,7 +26,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::transport::{SendError, TransportError};
+use super::send_error::{SendError, TransportError};
 use crate::config::{SmtpConfig, SmtpSecurity};
 
 /// A connection idle longer than this is checked with NOOP before reuse:
