@@ -137,7 +137,27 @@ impl Pebble {
             .spawn()
             .expect("pebble");
         self.pebble = Some(child);
-        wait_for_port(self.listen, "pebble");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", self.listen)).is_ok() {
+                return;
+            }
+            // Exited (a port taken by another process since it was picked,
+            // say): say why instead of waiting out the deadline.
+            if let Some(Ok(Some(status))) = self.pebble.as_mut().map(|c| c.try_wait()) {
+                panic!(
+                    "pebble exited ({status}) before listening on {}:\n{}",
+                    self.listen,
+                    std::fs::read_to_string(self.dir.join("pebble.log")).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "pebble did not listen on {}:\n{}",
+            self.listen,
+            std::fs::read_to_string(self.dir.join("pebble.log")).unwrap_or_default()
+        );
     }
 
     pub fn stop(&mut self) {
