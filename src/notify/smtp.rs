@@ -182,10 +182,13 @@ impl SmtpPool {
 }
 
 impl Drop for SmtpPool {
+    /// Waits (briefly) for the SMTP thread to end: a thread still tearing
+    /// itself down while the process exits corrupted the heap at exit. A
+    /// pool lives in a job, which runs on a blocking thread (never inside
+    /// async code, where this wait would panic).
     fn drop(&mut self) {
-        // Dropping a runtime inside async code panics; this may run there.
         if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
+            runtime.shutdown_timeout(Duration::from_secs(2));
         }
     }
 }
