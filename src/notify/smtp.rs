@@ -11,7 +11,7 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -136,14 +136,12 @@ impl SmtpPool {
         let queue_rx = Arc::new(tokio::sync::Mutex::new(queue_rx));
         let (done_tx, done_rx) = std::sync::mpsc::channel::<Done>();
         let stop = Arc::new(AtomicBool::new(false));
-        let taken = Arc::new(AtomicUsize::new(0));
         let down = Arc::new(Mutex::new(None));
         for _ in 0..self.size {
             runtime.spawn(connection_worker(Worker {
                 target: self.target.clone(),
                 idle: self.idle.clone(),
                 queue: queue_rx.clone(),
-                taken: taken.clone(),
                 stop: stop.clone(),
                 done: done_tx.clone(),
                 down: down.clone(),
@@ -153,7 +151,6 @@ impl SmtpPool {
             queue: Some(queue_tx),
             done: done_rx,
             stop,
-            taken,
             submitted: 0,
             handed_out: 0,
             acks: Vec::new(),
@@ -200,7 +197,6 @@ pub struct SmtpSession {
     queue: Option<tokio::sync::mpsc::UnboundedSender<(usize, WireMessage)>>,
     done: std::sync::mpsc::Receiver<Done>,
     stop: Arc<AtomicBool>,
-    taken: Arc<AtomicUsize>,
     submitted: usize,
     handed_out: usize,
     acks: Vec<tokio::sync::oneshot::Sender<()>>,
@@ -214,11 +210,6 @@ impl SmtpSession {
                 self.submitted += 1;
             }
         }
-    }
-
-    /// Submitted messages no connection has taken yet.
-    pub fn waiting(&self) -> usize {
-        self.submitted.saturating_sub(self.taken.load(Ordering::SeqCst))
     }
 
     /// Submitted messages whose outcome has not been handed out yet.
@@ -256,15 +247,13 @@ impl SmtpSession {
         }
     }
 
-    /// No new message is started; messages being sent finish. Returns how
-    /// many submitted messages were never started.
-    pub fn stop(&mut self) -> usize {
+    /// No new message is started; messages being sent finish.
+    pub fn stop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         self.queue = None;
         self.recorded();
         // Drain: connections finish what they hold, then end.
         while self.done.recv().map(|(_, _, ack)| ack.send(())).is_ok() {}
-        self.waiting()
     }
 }
 
@@ -282,7 +271,6 @@ struct Worker {
     target: Arc<Target>,
     idle: Arc<Mutex<Vec<(AsyncSmtpConnection, Instant)>>>,
     queue: Arc<tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<(usize, WireMessage)>>>,
-    taken: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
     done: std::sync::mpsc::Sender<Done>,
     /// Why the server could not be reached, once a connection failed to
@@ -305,7 +293,6 @@ async fn connection_worker(w: Worker) {
         }
         let next = w.queue.lock().await.recv().await;
         let Some((i, message)) = next else { break };
-        w.taken.fetch_add(1, Ordering::SeqCst);
         if conn.is_none() && from_pool {
             conn = take_idle(&w.idle, w.target.timeout).await;
             from_pool = false;

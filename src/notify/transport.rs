@@ -218,9 +218,7 @@ impl Session<'_> {
         self.immediate.clear();
         match &mut self.kind {
             SessionKind::File { batch, .. } => batch.clear(),
-            SessionKind::Smtp(s) => {
-                s.stop();
-            }
+            SessionKind::Smtp(s) => s.stop(),
             SessionKind::Closed => {}
         }
     }
