@@ -110,6 +110,31 @@ impl DbConnection {
     }
 }
 
+impl DbConnection {
+    /// Runs `f` with commits that return before the write-ahead log reaches
+    /// the disk (PostgreSQL's `synchronous_commit = off`), then restores the
+    /// setting. What `f` commits is at once visible and survives this
+    /// process dying; only a crash of the database server itself within
+    /// about 0.6 s (three `wal_writer_delay`s) can undo it. That is what
+    /// SQLite's `synchronous = NORMAL` (this project's setting) already
+    /// means for every commit. Delivery records through this: a lost record
+    /// can only mean a message is sent again, and a commit that waits for
+    /// the disk would sit between every two messages on a connection.
+    pub fn with_relaxed_commit<T>(&mut self, f: impl FnOnce(&mut DbConnection) -> T) -> T {
+        let relaxed = match self {
+            DbConnection::Postgres(pg) => pg.batch_execute("SET synchronous_commit = off").is_ok(),
+            DbConnection::Sqlite(_) => false,
+        };
+        let value = f(self);
+        if let (true, DbConnection::Postgres(pg)) = (relaxed, &mut *self) {
+            // A connection that cannot run this is broken; the pool's next
+            // use finds out.
+            let _ = pg.batch_execute("RESET synchronous_commit");
+        }
+        value
+    }
+}
+
 /// What a user may be shown of a query error: its kind only. The server's
 /// own text can name tables and constraints, so it goes to the debug log.
 pub fn describe_error(e: &diesel::result::Error) -> &'static str {

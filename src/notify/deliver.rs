@@ -9,7 +9,7 @@
 //! and never started are not doubled: a claim names its holder, so rows
 //! held by a process that is gone are claimed again at once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use chrono::{NaiveDateTime, TimeDelta};
 use diesel::prelude::*;
@@ -70,8 +70,22 @@ pub fn retry_delay(cfg: &NotificationsConfig, attempt: u32) -> TimeDelta {
 /// `keep_going` is asked about once a second (it renews the job lock) and
 /// stops the delivery when it says no. An error means an outcome could not
 /// be recorded: delivery stops at once; the rows still claimed are claimed
-/// again by the next run.
+/// again by the next run. Records are committed without waiting for the
+/// disk ([`DbConnection::with_relaxed_commit`]): only a crash of the
+/// database server can lose one, which sends that message again.
 pub fn deliver(
+    conn: &mut DbConnection,
+    cfg: &NotificationsConfig,
+    mailer: &Mailer,
+    templates: &Templates,
+    holder: &Holder,
+    now: NaiveDateTime,
+    keep_going: impl FnMut(&mut DbConnection) -> bool,
+) -> QueryResult<DeliveryReport> {
+    conn.with_relaxed_commit(|conn| deliver_due(conn, cfg, mailer, templates, holder, now, keep_going))
+}
+
+fn deliver_due(
     conn: &mut DbConnection,
     cfg: &NotificationsConfig,
     mailer: &Mailer,
@@ -102,6 +116,10 @@ pub fn deliver(
     let notes = OwnerNotes::from_config(cfg, mailer.hello_name());
     let mut session = mailer.session();
     let mut on_the_way: HashMap<usize, Outgoing> = HashMap::new();
+    // Claimed and not rendered yet: one recipient's rows each. Rendering a
+    // recipient at a time, between records, keeps a connection that waits
+    // for its record from waiting for a whole claim's rendering too.
+    let mut claimed: VecDeque<Vec<Notification>> = VecDeque::new();
     let mut next_index = 0usize;
     let mut exhausted = false;
     let mut asked = std::time::Instant::now();
@@ -110,40 +128,45 @@ pub fn deliver(
     // behind this cursor (released, retried) waits for the next run.
     let mut after = 0;
     loop {
-        if !exhausted && session.wants_more() {
-            let claimed = outbox::claim(conn, holder, crate::db::now(), claim_size, scan, &mut after).and_then(|c| {
-                match c.is_empty() {
-                    true => Ok(None),
-                    false => drop_stale_key_notices(conn, c, now, &mut report).map(Some),
+        // A connection waiting for its record goes first.
+        if !session.has_outcome() && session.wants_more() {
+            if let Some(rows) = claimed.pop_front() {
+                for (out, message) in render(rows, &from, &notes, templates, mailer.hello_name(), now) {
+                    session.submit(next_index, message);
+                    on_the_way.insert(next_index, out);
+                    next_index += 1;
                 }
-            });
-            let claimed = match claimed {
-                Ok(Some(c)) => c,
-                Ok(None) => {
-                    exhausted = true;
-                    continue;
-                }
-                Err(e) => {
-                    session.stop();
-                    return Err(e);
-                }
-            };
-            for (out, message) in render(claimed, &from, &notes, templates, mailer.hello_name(), now) {
-                session.submit(next_index, message);
-                on_the_way.insert(next_index, out);
-                next_index += 1;
+                continue;
             }
-            continue;
+            if !exhausted {
+                let rows =
+                    outbox::claim(conn, holder, crate::db::now(), claim_size, scan, &mut after).and_then(|rows| {
+                        match rows.is_empty() {
+                            true => Ok(None),
+                            false => drop_stale_key_notices(conn, rows, now, &mut report).map(Some),
+                        }
+                    });
+                match rows {
+                    Ok(Some(rows)) => claimed.extend(by_recipient(rows)),
+                    Ok(None) => exhausted = true,
+                    Err(e) => {
+                        session.stop();
+                        return Err(e);
+                    }
+                }
+                continue;
+            }
         }
         if session.outstanding() == 0 {
-            if exhausted {
+            if exhausted && claimed.is_empty() {
                 break;
             }
             continue;
         }
         let outcomes = session.outcomes();
         if outcomes.iter().any(|(_, o)| o.as_ref().is_err_and(|e| e.unreachable)) {
-            // The rest would wait for the same server: stop claiming.
+            // The rest would wait for the same server: stop claiming (what
+            // is claimed fails at once and backs off).
             exhausted = true;
         }
         if let Err(e) = record_outcomes(conn, cfg, &outcomes, &mut on_the_way, &mut report) {
@@ -218,62 +241,69 @@ fn record_outcomes(
     recorded
 }
 
-/// One digest per recipient (admin alerts and key notices apart), with the
-/// rows it covers.
+/// Claimed rows split by recipient (a claim returns each recipient's rows
+/// together).
+fn by_recipient(claimed: Vec<Notification>) -> Vec<Vec<Notification>> {
+    let mut groups: Vec<Vec<Notification>> = Vec::new();
+    for n in claimed {
+        match groups.last_mut() {
+            Some(rows) if rows[0].recipient == n.recipient => rows.push(n),
+            _ => groups.push(vec![n]),
+        }
+    }
+    groups
+}
+
+/// One recipient's digests (admin alerts and key notices apart), with the
+/// rows each covers.
 fn render(
-    claimed: Vec<Notification>,
+    rows: Vec<Notification>,
     from: &Mailbox,
     notes: &OwnerNotes,
     templates: &Templates,
     hello_name: &str,
     now: NaiveDateTime,
 ) -> Vec<(Outgoing, Result<lettre::Message, String>)> {
-    let mut groups: Vec<(String, Vec<Notification>)> = Vec::new();
-    for n in claimed {
-        match groups.last_mut() {
-            Some((recipient, rows)) if *recipient == n.recipient => rows.push(n),
-            _ => groups.push((n.recipient.clone(), vec![n])),
-        }
-    }
     let mut outgoing = Vec::new();
-    for (recipient, rows) in groups {
-        let (keys, other): (Vec<&Notification>, Vec<&Notification>) =
-            rows.iter().partition(|r| r.subject_kind == kind::API_KEY);
-        if !other.is_empty() {
-            let alerts: Vec<AdminAlert> = other
-                .iter()
-                .map(|r| {
-                    serde_json::from_str(&r.payload).unwrap_or_else(|_| AdminAlert {
-                        title: format!("{} {}", r.subject_kind.replace('_', " "), r.subject_id),
-                        lines: Vec::new(),
-                        action: None,
-                    })
-                })
-                .collect();
-            let message = templates
-                .render_admin_digest(&alerts)
-                .map_err(|e| e.to_string())
-                .and_then(|r| build_message(from, &recipient, None, &r, hello_name).map_err(|e| e.to_string()));
-            outgoing.push((Outgoing::new(&other, &recipient, &message), message));
-        }
-        if keys.is_empty() {
-            continue;
-        }
-        let mut payloads: Vec<KeyNoticePayload> = keys
+    let Some(recipient) = rows.first().map(|r| r.recipient.clone()) else {
+        return outgoing;
+    };
+    let (keys, other): (Vec<&Notification>, Vec<&Notification>) =
+        rows.iter().partition(|r| r.subject_kind == kind::API_KEY);
+    if !other.is_empty() {
+        let alerts: Vec<AdminAlert> = other
             .iter()
-            .filter_map(|r| serde_json::from_str(&r.payload).ok())
+            .map(|r| {
+                serde_json::from_str(&r.payload).unwrap_or_else(|_| AdminAlert {
+                    title: format!("{} {}", r.subject_kind.replace('_', " "), r.subject_id),
+                    lines: Vec::new(),
+                    action: None,
+                })
+            })
             .collect();
-        payloads.sort_by_key(|p| p.expires_at);
-        let name = keys[0].recipient_name.clone();
-        let display = name
-            .clone()
-            .unwrap_or_else(|| recipient.split('@').next().unwrap_or("there").to_string());
         let message = templates
-            .render_key_digest(&display, &payloads, notes, now)
+            .render_admin_digest(&alerts)
             .map_err(|e| e.to_string())
-            .and_then(|r| build_message(from, &recipient, name.as_deref(), &r, hello_name).map_err(|e| e.to_string()));
-        outgoing.push((Outgoing::new(&keys, &recipient, &message), message));
+            .and_then(|r| build_message(from, &recipient, None, &r, hello_name).map_err(|e| e.to_string()));
+        outgoing.push((Outgoing::new(&other, &recipient, &message), message));
     }
+    if keys.is_empty() {
+        return outgoing;
+    }
+    let mut payloads: Vec<KeyNoticePayload> = keys
+        .iter()
+        .filter_map(|r| serde_json::from_str(&r.payload).ok())
+        .collect();
+    payloads.sort_by_key(|p| p.expires_at);
+    let name = keys[0].recipient_name.clone();
+    let display = name
+        .clone()
+        .unwrap_or_else(|| recipient.split('@').next().unwrap_or("there").to_string());
+    let message = templates
+        .render_key_digest(&display, &payloads, notes, now)
+        .map_err(|e| e.to_string())
+        .and_then(|r| build_message(from, &recipient, name.as_deref(), &r, hello_name).map_err(|e| e.to_string()));
+    outgoing.push((Outgoing::new(&keys, &recipient, &message), message));
     outgoing
 }
 

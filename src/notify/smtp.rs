@@ -7,7 +7,10 @@
 //! hands the stream to lettre's `AsyncSmtpConnection` (which does EHLO,
 //! STARTTLS, AUTH and the mail transaction). The connections run on one
 //! runtime thread of their own; outcomes go back to the caller's thread,
-//! the only one that touches the database (see [`SmtpPool::send_recording`]).
+//! the only one that touches the database (see [`SmtpPool::session`]).
+//! lettre writes a message body and its final `.` separately; the stream it
+//! is handed ([`WireStream`]) holds the body back so both leave in one
+//! write, which spares the server a second read per message.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -53,7 +56,7 @@ struct Target {
 pub struct SmtpPool {
     runtime: Option<tokio::runtime::Runtime>,
     target: Arc<Target>,
-    idle: Arc<Mutex<Vec<(AsyncSmtpConnection, Instant)>>>,
+    idle: Arc<Mutex<Vec<(Connection, Instant)>>>,
     size: usize,
 }
 
@@ -154,6 +157,7 @@ impl SmtpPool {
             submitted: 0,
             handed_out: 0,
             acks: Vec::new(),
+            early: Vec::new(),
         })
     }
     /// Says QUIT on every open connection (bounded by the timeout).
@@ -200,6 +204,9 @@ pub struct SmtpSession {
     submitted: usize,
     handed_out: usize,
     acks: Vec<tokio::sync::oneshot::Sender<()>>,
+    /// Outcomes taken off the channel by [`SmtpSession::has_outcome`] and
+    /// not handed out yet.
+    early: Vec<Done>,
 }
 
 impl SmtpSession {
@@ -217,18 +224,32 @@ impl SmtpSession {
         self.submitted - self.handed_out
     }
 
+    /// Whether an outcome is ready (without waiting): a connection is then
+    /// waiting for its record, which should come before anything else.
+    pub fn has_outcome(&mut self) -> bool {
+        if self.early.is_empty() {
+            if let Ok(d) = self.done.try_recv() {
+                self.early.push(d);
+            }
+        }
+        !self.early.is_empty()
+    }
+
     /// Waits for at least one outcome and returns every one ready. The
     /// connections that produced them wait until [`Self::recorded`].
     pub fn outcomes(&mut self) -> Vec<(usize, Result<(), SendError>)> {
         if self.outstanding() == 0 {
             return Vec::new();
         }
-        let Ok(first) = self.done.recv() else {
-            // Every connection ended (stopped): nothing more comes.
-            self.handed_out = self.submitted;
-            return Vec::new();
-        };
-        let mut ready = vec![first];
+        let mut ready = std::mem::take(&mut self.early);
+        if ready.is_empty() {
+            let Ok(first) = self.done.recv() else {
+                // Every connection ended (stopped): nothing more comes.
+                self.handed_out = self.submitted;
+                return Vec::new();
+            };
+            ready.push(first);
+        }
         ready.extend(self.done.try_iter());
         self.handed_out += ready.len();
         ready
@@ -252,6 +273,9 @@ impl SmtpSession {
         self.stop.store(true, Ordering::SeqCst);
         self.queue = None;
         self.recorded();
+        for (_, _, ack) in self.early.drain(..) {
+            let _ = ack.send(());
+        }
         // Drain: connections finish what they hold, then end.
         while self.done.recv().map(|(_, _, ack)| ack.send(())).is_ok() {}
     }
@@ -262,6 +286,9 @@ impl Drop for SmtpSession {
         // Closing the queue lets idle connections end and go back to the pool.
         self.queue = None;
         self.recorded();
+        for (_, _, ack) in self.early.drain(..) {
+            let _ = ack.send(());
+        }
         while self.done.recv().map(|(_, _, ack)| ack.send(())).is_ok() {}
     }
 }
@@ -269,7 +296,7 @@ impl Drop for SmtpSession {
 /// What one connection's loop holds.
 struct Worker {
     target: Arc<Target>,
-    idle: Arc<Mutex<Vec<(AsyncSmtpConnection, Instant)>>>,
+    idle: Arc<Mutex<Vec<(Connection, Instant)>>>,
     queue: Arc<tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<(usize, WireMessage)>>>,
     stop: Arc<AtomicBool>,
     done: std::sync::mpsc::Sender<Done>,
@@ -284,7 +311,7 @@ struct Worker {
 /// `.`); report. So at most one accepted message per connection is ever
 /// unrecorded, and recording costs no time on the wire.
 async fn connection_worker(w: Worker) {
-    let mut conn: Option<AsyncSmtpConnection> = None;
+    let mut conn: Option<Connection> = None;
     let mut from_pool = true;
     let mut previous: Option<tokio::sync::oneshot::Receiver<()>> = None;
     loop {
@@ -343,10 +370,7 @@ async fn connection_worker(w: Worker) {
 }
 
 /// An open connection from the pool, checked with NOOP when it sat idle.
-async fn take_idle(
-    idle: &Mutex<Vec<(AsyncSmtpConnection, Instant)>>,
-    timeout: Duration,
-) -> Option<AsyncSmtpConnection> {
+async fn take_idle(idle: &Mutex<Vec<(Connection, Instant)>>, timeout: Duration) -> Option<Connection> {
     loop {
         let (mut conn, since) = idle.lock().ok()?.pop()?;
         if since.elapsed() < CHECK_AFTER_IDLE {
@@ -362,7 +386,7 @@ async fn take_idle(
 /// connection (lettre aborts it), so the next message opens a fresh one.
 async fn open_transaction(
     target: &Target,
-    conn: &mut Option<AsyncSmtpConnection>,
+    conn: &mut Option<Connection>,
     envelope: &Envelope,
     body: &[u8],
 ) -> Result<(), SendError> {
@@ -416,15 +440,16 @@ async fn open_transaction(
 
 /// The body and the final `.`: the server's answer accepts or refuses the
 /// message.
-async fn finish_transaction(
-    target: &Target,
-    conn: &mut Option<AsyncSmtpConnection>,
-    body: &[u8],
-) -> Result<(), SendError> {
+async fn finish_transaction(target: &Target, conn: &mut Option<Connection>, body: &[u8]) -> Result<(), SendError> {
     let Some(c) = conn.as_mut() else {
         return Err(SendError::transient("no connection"));
     };
-    let sent = tokio::time::timeout(target.timeout, c.message(body)).await;
+    // lettre writes the body and the terminator separately: held and sent
+    // as one write, the server reads the message in one go.
+    if let Some(hold) = &c.hold_body {
+        hold.store(true, Ordering::SeqCst);
+    }
+    let sent = tokio::time::timeout(target.timeout, c.smtp.message(body)).await;
     let outcome = match sent {
         Ok(Ok(_)) => return Ok(()),
         Ok(Err(e)) => SendError::from_smtp(&e),
@@ -439,7 +464,7 @@ fn no_answer(target: &Target) -> SendError {
 }
 
 /// Opens, greets, secures and authenticates one connection.
-async fn connect(target: &Target) -> Result<AsyncSmtpConnection, SendError> {
+async fn connect(target: &Target) -> Result<Connection, SendError> {
     let address = format!("{}:{}", target.host, target.port);
     let opened = tokio::time::timeout(target.timeout, async {
         let tcp = TcpStream::connect((target.host.as_str(), target.port))
@@ -448,7 +473,7 @@ async fn connect(target: &Target) -> Result<AsyncSmtpConnection, SendError> {
         // The point of connecting ourselves: no 40 ms wait for a delayed ACK.
         tcp.set_nodelay(true)
             .map_err(|e| SendError::transient(format!("{address}: TCP_NODELAY: {e}")))?;
-        let mut conn = match target.security {
+        let io = match target.security {
             SmtpSecurity::Tls => {
                 let name = ServerName::try_from(target.host.clone())
                     .map_err(|e| SendError::transient(format!("{}: {e}", target.host)))?;
@@ -457,13 +482,22 @@ async fn connect(target: &Target) -> Result<AsyncSmtpConnection, SendError> {
                     .connect(name, tcp)
                     .await
                     .map_err(|e| SendError::unreachable(format!("TLS with {address}: {e}")))?;
-                AsyncSmtpConnection::connect_with_transport(Box::new(ImplicitTls(tls)), &target.hello).await
+                WireIo::Tls(Box::new(tls))
             }
-            SmtpSecurity::Starttls | SmtpSecurity::None => {
-                AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &target.hello).await
-            }
-        }
-        .map_err(|e| SendError::from_smtp(&e))?;
+            SmtpSecurity::Starttls | SmtpSecurity::None => WireIo::Plain(tcp),
+        };
+        // Under STARTTLS lettre's own TLS sits above this stream, which then
+        // sees only ciphertext and cannot tell where a body ends.
+        let hold_body = (target.security != SmtpSecurity::Starttls).then(|| Arc::new(AtomicBool::new(false)));
+        let stream = WireStream {
+            io,
+            held: Vec::new(),
+            hold: hold_body.clone().unwrap_or_default(),
+        };
+        let smtp = AsyncSmtpConnection::connect_with_transport(Box::new(stream), &target.hello)
+            .await
+            .map_err(|e| SendError::from_smtp(&e))?;
+        let mut conn = Connection { smtp, hold_body };
         if target.security == SmtpSecurity::Starttls {
             if !conn.can_starttls() {
                 let _ = tokio::time::timeout(target.timeout, conn.abort()).await;
@@ -491,30 +525,170 @@ async fn connect(target: &Target) -> Result<AsyncSmtpConnection, SendError> {
     })
 }
 
-/// A TLS stream keywarden set up, as lettre takes streams.
+/// One open SMTP connection, and the switch of its stream that holds a
+/// message body back until its terminator follows.
+struct Connection {
+    smtp: AsyncSmtpConnection,
+    hold_body: Option<Arc<AtomicBool>>,
+}
+
+impl std::ops::Deref for Connection {
+    type Target = AsyncSmtpConnection;
+    fn deref(&self) -> &AsyncSmtpConnection {
+        &self.smtp
+    }
+}
+
+impl std::ops::DerefMut for Connection {
+    fn deref_mut(&mut self) -> &mut AsyncSmtpConnection {
+        &mut self.smtp
+    }
+}
+
+/// What carries the SMTP bytes: TCP, or TLS keywarden set up itself.
 #[derive(Debug)]
-struct ImplicitTls(tokio_rustls::client::TlsStream<TcpStream>);
+enum WireIo {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
 
-impl AsyncTokioStream for ImplicitTls {
+/// The data end of the message ends with this (dot-stuffing keeps it out
+/// of the body itself).
+const END_OF_DATA: &[u8] = b"\r\n.\r\n";
+
+/// The stream lettre is handed. While `hold` is on (set for one message
+/// body), flushes are held until the bytes written end with the end of
+/// data, so body and terminator leave in one write; then `hold` goes off.
+/// Commands are never held.
+#[derive(Debug)]
+struct WireStream {
+    io: WireIo,
+    held: Vec<u8>,
+    hold: Arc<AtomicBool>,
+}
+
+impl WireStream {
+    fn io(&mut self) -> Pin<&mut (dyn AsyncWriteRead + Send + Sync + Unpin)> {
+        match &mut self.io {
+            WireIo::Plain(tcp) => Pin::new(tcp),
+            WireIo::Tls(tls) => Pin::new(tls.as_mut()),
+        }
+    }
+
+    /// Writes out what is held.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while !self.held.is_empty() {
+            let held = std::mem::take(&mut self.held);
+            let written = self.io().poll_write(cx, &held);
+            self.held = held;
+            match written {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
+                    self.held.drain(..n);
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+trait AsyncWriteRead: AsyncRead + AsyncWrite {}
+impl<T: AsyncRead + AsyncWrite> AsyncWriteRead for T {}
+
+impl AsyncTokioStream for WireStream {
     fn peer_addr(&self) -> std::io::Result<SocketAddr> {
-        self.0.get_ref().0.peer_addr()
+        match &self.io {
+            WireIo::Plain(tcp) => tcp.peer_addr(),
+            WireIo::Tls(tls) => tls.get_ref().0.peer_addr(),
+        }
     }
 }
 
-impl AsyncRead for ImplicitTls {
+impl AsyncRead for WireStream {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+        self.io().poll_read(cx, buf)
     }
 }
 
-impl AsyncWrite for ImplicitTls {
+impl AsyncWrite for WireStream {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
+        if self.hold.load(Ordering::SeqCst) {
+            self.held.extend_from_slice(buf);
+            return Poll::Ready(Ok(buf.len()));
+        }
+        match self.poll_drain(cx) {
+            Poll::Ready(Ok(())) => self.io().poll_write(cx, buf),
+            other => other.map(|r| r.map(|()| 0)),
+        }
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
+        if self.hold.load(Ordering::SeqCst) {
+            if !self.held.ends_with(END_OF_DATA) {
+                return Poll::Ready(Ok(()));
+            }
+            self.hold.store(false, Ordering::SeqCst);
+        }
+        match self.poll_drain(cx) {
+            Poll::Ready(Ok(())) => self.io().poll_flush(cx),
+            other => other,
+        }
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
+        match self.poll_drain(cx) {
+            Poll::Ready(Ok(())) => self.io().poll_shutdown(cx),
+            other => other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Commands go out at once; a held body goes out only with its
+    /// terminator, and then holding stops.
+    #[tokio::test]
+    async fn a_body_leaves_with_its_terminator() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        let hold = Arc::new(AtomicBool::new(false));
+        let mut stream = WireStream {
+            io: WireIo::Plain(client),
+            held: Vec::new(),
+            hold: hold.clone(),
+        };
+        let mut buf = vec![0u8; 64];
+
+        stream.write_all(b"DATA\r\n").await.unwrap();
+        stream.flush().await.unwrap();
+        let n = server.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"DATA\r\n");
+
+        hold.store(true, Ordering::SeqCst);
+        stream.write_all(b"Subject: x\r\n\r\nbody").await.unwrap();
+        stream.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let early = tokio::time::timeout(Duration::from_millis(1), server.read(&mut buf)).await;
+        assert!(early.is_err(), "the body went out before its terminator");
+
+        stream.write_all(END_OF_DATA).await.unwrap();
+        stream.flush().await.unwrap();
+        assert!(!hold.load(Ordering::SeqCst));
+        let mut got = Vec::new();
+        while !got.ends_with(END_OF_DATA) {
+            let n = server.read(&mut buf).await.unwrap();
+            assert!(n > 0);
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, b"Subject: x\r\n\r\nbody\r\n.\r\n");
+
+        stream.write_all(b"QUIT\r\n").await.unwrap();
+        stream.flush().await.unwrap();
+        let n = server.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"QUIT\r\n");
     }
 }

@@ -14,6 +14,11 @@ use crate::config::{MailTransport, NotificationsConfig};
 /// all durable; what a crash can leave written but unrecorded.
 pub const FILE_BATCH: usize = 64;
 
+/// Recipients claimed per SMTP connection at once. A claim holds the
+/// delivery loop for three round trips and the rendering, during which
+/// finished messages wait for their record; sixteen messages share that.
+pub const CLAIM_PER_CONNECTION: usize = 16;
+
 pub struct Mailer {
     kind: MailerKind,
     /// The fully qualified name given in EHLO and in Message-IDs.
@@ -81,14 +86,15 @@ impl Mailer {
         }
     }
 
-    /// Recipients claimed at once: four in-flights' worth over SMTP (so a
-    /// claim's round trips are shared by several messages), one batch for
+    /// Recipients claimed at once: [`CLAIM_PER_CONNECTION`] per SMTP
+    /// connection (so a claim's round trips and the stall they cause are
+    /// shared by many messages), one batch for
     /// the file transport. Rows claimed and never started are claimed again
     /// at once by the next run on this host.
     pub fn claim_size(&self) -> usize {
         match &self.kind {
             MailerKind::File(_) => FILE_BATCH,
-            MailerKind::Smtp(pool) => pool.size() * 4,
+            MailerKind::Smtp(pool) => pool.size() * CLAIM_PER_CONNECTION,
         }
     }
 
@@ -178,6 +184,17 @@ impl Session<'_> {
             SessionKind::Smtp(s) => s.outstanding() + self.immediate.len() < self.claim_size,
             SessionKind::Closed => self.immediate.len() < self.in_flight,
         }
+    }
+
+    /// Whether an outcome waits to be recorded now (without waiting for
+    /// one): over SMTP a connection is then held until it is recorded, so
+    /// recording goes before claiming more.
+    pub fn has_outcome(&mut self) -> bool {
+        !self.immediate.is_empty()
+            || match &mut self.kind {
+                SessionKind::Smtp(s) => s.has_outcome(),
+                SessionKind::File { .. } | SessionKind::Closed => false,
+            }
     }
 
     /// Messages submitted whose outcome has not been handed out.
