@@ -6,6 +6,8 @@
 //! Run: `cargo bench --bench acme` (needs `pebble` and `certbot`:
 //! apt-get install pebble certbot; KEYWARDEN_BENCH_ROUNDS, default 5).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test may fail loudly
+
 #[path = "../tests/support/mod.rs"]
 mod support;
 

@@ -13,6 +13,8 @@
 //! or postgres://postgres@127.0.0.1:5432/postgres; KEYWARDEN_BENCH_ROUNDS,
 //! default 3).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test may fail loudly
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -63,7 +65,7 @@ fn recreate(name: &str, template: Option<&str>) {
 }
 
 fn config_for(name: &str) -> Config {
-    Config::from_toml(
+    keywarden::jobs::config_from_toml(
         Path::new("bench.toml"),
         &format!(
             "[database]\nurl = \"{}\"\n[jobs.expire-keys]\nbatch_size = {}\n",

@@ -15,6 +15,8 @@
 //! KEYWARDEN_BENCH_ROUNDS, default 5; KEYWARDEN_BENCH_KEYS and
 //! KEYWARDEN_BENCH_DUE scale it down).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test may fail loudly
+
 use std::io::Write;
 use std::process::Command;
 
@@ -115,7 +117,7 @@ fn main() {
         .batch_execute(&format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)"))
         .unwrap();
     admin.batch_execute(&format!("CREATE DATABASE {DB}")).unwrap();
-    let cfg = keywarden::config::Config::load(&config).unwrap();
+    let cfg = keywarden::jobs::load_config(&config).unwrap();
     let db = keywarden::db::Database::new(&cfg.database, &cfg.load_secrets().unwrap());
     let mut conn = db.connect().unwrap();
     keywarden::db::migrate::run_pending(&mut conn).unwrap();

@@ -14,6 +14,8 @@
 //! PostgreSQL from KEYWARDEN_TEST_DATABASE_URL or the local default;
 //! KEYWARDEN_BENCH_ROUNDS, default 5).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test may fail loudly
+
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -21,7 +23,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
-use keywarden::config::Config;
 use keywarden::db::schema::permission_events;
 use keywarden::db::Database;
 
@@ -151,7 +152,7 @@ fn watch_latency(dir: &Path, root: &Path, files: &[PathBuf], url: &str) -> ((f64
         ),
     )
     .expect("config");
-    let cfg = Config::load(&config).expect("config");
+    let cfg = keywarden::jobs::load_config(&config).expect("config");
     let database = Database::new(&cfg.database, &Default::default());
     let mut conn = database.connect().expect("connect");
     keywarden::db::migrate::run_pending(&mut conn).expect("migrate");

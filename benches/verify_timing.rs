@@ -13,12 +13,13 @@
 //! Run: `cargo bench --bench verify_timing` (KEYWARDEN_BENCH_SAMPLES, default
 //! 200). SQLite in a temporary directory: the database is not what is timed.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test may fail loudly
+
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use keywarden::config::Config;
 use keywarden::keys::{CreateKey, KeyService, VerifyRequest};
 
 const BIN: &str = env!("CARGO_BIN_EXE_keywarden");
@@ -121,7 +122,7 @@ fn main() {
     let n = samples();
     let dir = tempfile::tempdir().expect("tempdir");
     let base = write_config(dir.path(), 19456);
-    let config = Config::load(&base).expect("config");
+    let config = keywarden::jobs::load_config(&base).expect("config");
     let database = keywarden::db::Database::new(&config.database, &config.load_secrets().expect("secrets"));
     let mut conn = database.connect().expect("connect");
     keywarden::db::migrate::run_pending(&mut conn).expect("migrate");
@@ -158,7 +159,7 @@ fn main() {
         ("after memory_kib 19456 -> 38912", 38912u32),
     ] {
         let cfg_path = write_config(dir.path(), memory_kib);
-        let cfg = Config::load(&cfg_path).expect("config");
+        let cfg = keywarden::jobs::load_config(&cfg_path).expect("config");
         // A long-running service: one KeyService, warm.
         let svc = KeyService::new(&cfg.keys).expect("service");
         let _ = svc.verify(&mut conn, &unknown(), &req);

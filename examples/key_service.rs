@@ -21,7 +21,6 @@ use std::net::{IpAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use keywarden::config::Config;
 use keywarden::db::Database;
 use keywarden::keys::{users, CreateKey, KeyService, VerifyOutcome, VerifyRequest};
 
@@ -47,12 +46,12 @@ fn main() -> anyhow::Result<()> {
         admin_token.len() >= 16,
         "set KEY_SERVICE_ADMIN_TOKEN to a random token of at least 16 characters"
     );
-    let config = Config::load(&config_path)?;
+    let config = keywarden::jobs::load_config(&config_path)?;
     let database = Database::new(&config.database, &config.load_secrets()?);
     let mut conn = database.connect()?;
     keywarden::db::migrate::run_pending(&mut conn)?;
     let app = Arc::new(App {
-        keys: KeyService::new(&config.keys)?,
+        keys: KeyService::new(&config.keys)?.on_retire(keywarden::notify::outbox::cancel_for_key),
         database,
         admin_token,
     });

@@ -15,7 +15,7 @@
 use std::path::PathBuf;
 
 use chrono::TimeDelta;
-use keywarden::config::{Config, NotificationsConfig};
+use keywarden::config::NotificationsConfig;
 use keywarden::notify::detect::KeyNoticePayload;
 use keywarden::notify::render::{OwnerNotes, Templates};
 
@@ -23,7 +23,7 @@ fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let out = PathBuf::from(args.next().unwrap_or_else(|| "sample.html".into()));
     let mut cfg = match args.next() {
-        Some(path) => Config::load(std::path::Path::new(&path))?.notifications,
+        Some(path) => keywarden::jobs::load_config(std::path::Path::new(&path))?.notifications,
         None => NotificationsConfig::default(),
     };
     if cfg.action_url.is_none() {

@@ -11,7 +11,6 @@
 use std::io::Read;
 use std::path::PathBuf;
 
-use keywarden::config::Config;
 use keywarden::db::Database;
 use keywarden::keys::{KeyService, VerifyOutcome, VerifyRequest};
 
@@ -21,7 +20,7 @@ fn main() -> anyhow::Result<()> {
     let ip = args.next().map(|a| a.parse()).transpose()?;
     let scopes: Vec<String> = args.collect();
 
-    let config = Config::load(&config_path)?;
+    let config = keywarden::jobs::load_config(&config_path)?;
     let database = Database::new(&config.database, &config.load_secrets()?);
     let mut conn = database.connect()?;
     let keys = KeyService::new(&config.keys)?;

@@ -6,18 +6,24 @@
 //!
 //! # Layout
 //!
+//! Floors from the top; a module imports only modules below it:
+//! `cli` → `daemon` → `jobs` → the domains (`acme`, `perms`, then `notify`,
+//! then `keys`) → `db` → `telemetry` → `config` → `sys`. Each module's doc
+//! lists what it imports in one line.
+//!
 //! | module | concern |
 //! |---|---|
 //! | [`cli`] | the command line, one module per command group; `main.rs` only calls [`cli::main`] |
-//! | [`config`] | the TOML model, validation with file:line:column errors, secrets |
 //! | [`daemon`] | the runtime: scheduler, signals (reload, stop), sd_notify, task supervision |
-//! | [`telemetry`] | tracing to journald under systemd, to stderr otherwise |
-//! | [`db`] | connections for both backends, schema, embedded migrations, job locks |
-//! | [`jobs`] | the job registry, the run wrapper, one module per job |
-//! | [`keys`] | the API-key domain |
-//! | [`notify`] | expiry emails: outbox, templates, delivery, admin alerts |
+//! | [`jobs`] | the job registry, the run wrapper, one module per job; loads the configuration with the registry's jobs ([`jobs::load_config`]) |
 //! | [`acme`] | certificates: ACME issuance and renewal, monitoring |
 //! | [`perms`] | permission drift: policy, scanner, watcher, safe remediation |
+//! | [`notify`] | expiry emails: outbox, templates, delivery, admin alerts |
+//! | [`keys`] | the API-key domain |
+//! | [`db`] | connections for both backends, schema, embedded migrations, job locks |
+//! | [`telemetry`] | tracing to journald under systemd, to stderr otherwise |
+//! | [`config`] | the TOML model, validation with file:line:column errors, secrets |
+//! | [`sys`] | system helpers: NSS lookups, file handling that never follows a symlink |
 //!
 //! # Choices that are not obvious
 //!
@@ -43,4 +49,5 @@ pub mod jobs;
 pub mod keys;
 pub mod notify;
 pub mod perms;
+pub mod sys;
 pub mod telemetry;

@@ -2,6 +2,8 @@
 //! pebble-challtestsrv as its DNS), real validation, real files, both
 //! databases.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test may fail loudly
+
 mod support;
 
 use std::os::unix::fs::MetadataExt;

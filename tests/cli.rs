@@ -1,6 +1,8 @@
 //! The command line without a database: configuration errors as an admin
 //! meets them, secrets refused, help and exit codes.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test may fail loudly
+
 mod support;
 
 use std::os::unix::fs::PermissionsExt;

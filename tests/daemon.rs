@@ -1,6 +1,8 @@
 //! The daemon as systemd runs it: the real binary, a NOTIFY_SOCKET bound by
 //! the test, real signals, real databases on both backends, real journald.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test may fail loudly
+
 mod support;
 
 use std::os::unix::fs::MetadataExt;
@@ -22,6 +24,7 @@ both_backends!(
     a_second_stop_signal_exits_at_once,
     waits_for_an_unreachable_database_without_ready,
     journald_receives_structured_fields,
+    runs_in_process_until_its_shutdown_future,
 );
 
 /// expire-keys every second; the other jobs off, so that a test running at
@@ -301,4 +304,54 @@ fn journald_receives_structured_fields(backend: Backend) {
         !stderr.contains("job expire-keys finished"),
         "logs went to stderr instead of journald:\n{stderr}"
     );
+}
+
+/// The daemon driven from this process, as a library: `daemon::run_until`
+/// with a future for its stop. It migrates, runs a job on schedule, and
+/// stops cleanly when the future completes, every run it started finished.
+fn runs_in_process_until_its_shutdown_future(backend: Backend) {
+    let db = TestDb::new(backend);
+    let path = db.write_config("keywarden.toml", EVERY_SECOND);
+    let config = keywarden::jobs::load_config(&path).expect("config");
+    let mut conn = db.conn();
+    let owner = add_user(&mut conn, "inproc@example.com");
+    add_key(
+        &mut conn,
+        owner,
+        "sk_live_v2_inproc",
+        "active",
+        ts(-TimeDelta::minutes(1)),
+    );
+
+    let telemetry = keywarden::telemetry::init(keywarden::config::LogTarget::Stderr, keywarden::config::LogLevel::Warn);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let daemon = runtime.spawn(keywarden::daemon::run_until(
+        path.clone(),
+        config,
+        db.database(),
+        telemetry,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    eventually(30 * SECOND, "the in-process daemon expires the key", || {
+        key_status(&mut conn, "sk_live_v2_inproc") == "expired"
+    });
+    stop.send(()).expect("the daemon is still running");
+    let exit = runtime
+        .block_on(async { tokio::time::timeout(30 * SECOND, daemon).await })
+        .expect("the daemon stops within 30 s of its shutdown future")
+        .expect("the daemon task did not panic");
+    assert_eq!(exit, keywarden::daemon::Exit::Clean);
+    let unfinished: i64 = job_runs::table
+        .filter(job_runs::finished_at.is_null())
+        .count()
+        .get_result(&mut conn)
+        .expect("count");
+    assert_eq!(unfinished, 0, "every run the daemon started has finished");
+    runtime.shutdown_timeout(5 * SECOND);
 }

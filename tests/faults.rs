@@ -14,6 +14,8 @@
 //! longer run. Each test prints its figures (duplicates per kill, per
 //! outage) on stderr: `cargo test --test faults -- --nocapture`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test may fail loudly
+
 mod support;
 
 use std::collections::{HashMap, HashSet};

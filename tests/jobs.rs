@@ -1,13 +1,14 @@
 //! Jobs on real databases: the runner's bookkeeping and locking, and the
 //! first real job, `expire-keys`, on both backends.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test may fail loudly
+
 mod support;
 
 use std::path::Path;
 
 use chrono::TimeDelta;
 use diesel::prelude::*;
-use keywarden::config::Config;
 use keywarden::db::schema::{api_key_events, job_leases, job_runs};
 use keywarden::jobs::{self, JobContext, JobError, JobReport, JobSpec, RunOutcome, Trigger};
 use support::*;
@@ -292,7 +293,8 @@ fn panicking_job(_ctx: &mut JobContext<'_>) -> Result<JobReport, JobError> {
 fn a_panicking_job_is_recorded_as_failed(backend: Backend) {
     let db = TestDb::new(backend);
     let mut conn = db.conn();
-    let config = Config::from_toml(Path::new("t.toml"), &format!("[database]\nurl = \"{}\"\n", db.url)).unwrap();
+    let config =
+        keywarden::jobs::config_from_toml(Path::new("t.toml"), &format!("[database]\nurl = \"{}\"\n", db.url)).unwrap();
     // Borrow expire-keys' settings: the runner looks settings up by name.
     let spec = JobSpec {
         name: "expire-keys",
@@ -302,6 +304,8 @@ fn a_panicking_job_is_recorded_as_failed(backend: Backend) {
         default_batch_size: 1,
         per_host: false,
         retry_due: None,
+        service: None,
+        dry_run: None,
         run: panicking_job,
     };
     let outcome = jobs::execute(

@@ -2,6 +2,8 @@
 //! admin uses it, through the library as a service uses it, and against an
 //! independent Argon2 implementation.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test may fail loudly
+
 mod support;
 
 use std::io::Write;
@@ -9,7 +11,7 @@ use std::process::{Command, Stdio};
 
 use chrono::TimeDelta;
 use diesel::prelude::*;
-use keywarden::config::{Config, KeysConfig};
+use keywarden::config::KeysConfig;
 use keywarden::db::schema::{api_key_events, api_keys, job_runs};
 use keywarden::keys::{CreateKey, KeyService, Refusal, VerifyOutcome, VerifyRequest};
 use support::*;
@@ -955,7 +957,8 @@ fn purge_audit_keeps_what_is_inside_the_retention(backend: Backend) {
         .unwrap();
     assert_eq!(old_run, 0);
     // The retention can never be set below 90 days.
-    let err = Config::from_toml(std::path::Path::new("x.toml"), "[keys]\naudit_retention = \"30d\"\n").unwrap_err();
+    let err = keywarden::jobs::config_from_toml(std::path::Path::new("x.toml"), "[keys]\naudit_retention = \"30d\"\n")
+        .unwrap_err();
     assert!(
         err.to_string()
             .contains("x.toml:2:19: keys.audit_retention must be at least 90d"),

@@ -8,6 +8,8 @@
 //! (the test's server requires the login, over STARTTLS), and the secret
 //! halves of the API keys made along the way.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test may fail loudly
+
 mod support;
 
 use std::io::Write;

@@ -2,6 +2,8 @@
 //! transport, and a real SMTP server (Debian's aiosmtpd) with an outage, two
 //! competing processes and STARTTLS against a private CA.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test may fail loudly
+
 mod support;
 
 use std::path::{Path, PathBuf};
@@ -219,7 +221,9 @@ fn rotation_cancels_and_a_new_expiry_renews(backend: Backend) {
     // Enqueueing again adds nothing, whatever happens in between.
     assert_eq!(enqueue_key_notices(&mut conn, &cfg, keywarden::db::now()).unwrap(), 0);
 
-    let svc = KeyService::new(&KeysConfig::default()).unwrap();
+    let svc = KeyService::new(&KeysConfig::default())
+        .unwrap()
+        .on_retire(keywarden::notify::outbox::cancel_for_key);
     svc.rotate(&mut conn, "sk_live_v2_rot", None, "test").unwrap();
     let status: String = notifications::table
         .filter(notifications::subject_id.eq(id.to_string()))

@@ -1,6 +1,8 @@
 //! Permission drift on real files in temporary directories, with the real
 //! daemon (inotify), the real command line and both databases.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test may fail loudly
+
 mod support;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -354,7 +356,7 @@ fn planted_symlinks_and_hard_links_get_nowhere(backend: Backend) {
     assert_eq!(mode_of(&elsewhere.join("app.json")), 0o644);
     assert!(!text.contains("outside/conf"), "the scan followed a symlink: {text}");
     let policy =
-        keywarden::perms::Policy::compile(&keywarden::config::Config::load(&config).unwrap().permissions).unwrap();
+        keywarden::perms::Policy::compile(&keywarden::jobs::load_config(&config).unwrap().permissions).unwrap();
     match keywarden::perms::remediate::remediate(&policy, &root.join("config/app.json")) {
         keywarden::perms::Remedy::Refused(why) => assert!(why.contains("symlink"), "{why}"),
         other => panic!("remediation through a symlinked parent: {other:?}"),

@@ -13,6 +13,9 @@
 //!   or a live `host:port`.
 //! - [`store`] is the `certificates` table; [`renew`] ties it together for
 //!   the `renew-certs` job and the `certs` commands.
+//!
+//! Imports: notify (admin alerts), sys (owners of installed files), db,
+//! telemetry, config.
 
 pub mod certinfo;
 pub mod challenge;

@@ -29,7 +29,7 @@ use crate::config::Config;
 use crate::db::DbConnection;
 use crate::notify::alerts::enqueue_admin_alert;
 use crate::notify::render::AdminAlert;
-use crate::perms::ids;
+use crate::sys::ids;
 
 /// How often the CA's ARI window is asked for again for the same
 /// certificate.
@@ -392,7 +392,7 @@ impl Session<'_> {
                 cert.domains.join(", ")
             )));
         }
-        let id = |spec: &Option<IdSpec>, kind| spec.as_ref().map(|s| ids::resolve(s, kind)).transpose();
+        let id = |spec: &Option<IdSpec>, kind| spec.as_ref().map(|s| s.resolve(kind)).transpose();
         let uid = id(&cert.owner, ids::IdKind::User).map_err(AcmeError::Config)?;
         let gid = id(&cert.group, ids::IdKind::Group).map_err(AcmeError::Config)?;
         install::install_pair(

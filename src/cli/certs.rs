@@ -30,7 +30,15 @@ pub enum CertsCommand {
 }
 
 pub fn run(path: &Path, cmd: CertsCommand) -> ExitCode {
-    let (config, mut conn) = match super::connect_with_config(path) {
+    let config = match super::load_config(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let database = match super::open_database(&config) {
+        Ok(d) => d,
+        Err(code) => return code,
+    };
+    let mut conn = match super::connect_current(&database) {
         Ok(v) => v,
         Err(code) => return code,
     };
@@ -80,10 +88,24 @@ pub fn run(path: &Path, cmd: CertsCommand) -> ExitCode {
                 return ExitCode::from(super::EXIT_USAGE);
             }
             let mode = if force { Mode::Force } else { Mode::Renew };
-            match run_pass(&mut conn, &config, Some(&name), mode) {
-                Ok(reports) => {
+            // Under the renew-certs lock, as the job's runs are: a daemon on
+            // another replica never renews the same certificate at once.
+            let renewal =
+                crate::jobs::with_lock_of(&crate::jobs::renew_certs::JOB, &database, &mut conn, &config, |conn| {
+                    run_pass(conn, &config, Some(&name), mode)
+                });
+            match renewal {
+                Ok(Some(Ok(reports))) => {
                     print_reports(&reports);
                     exit_for(&reports)
+                }
+                Ok(Some(Err(e))) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(EXIT_FAILURE)
+                }
+                Ok(None) => {
+                    eprintln!("skipped: another process is renewing certificates now (it holds the renew-certs lock); try again when it is done");
+                    ExitCode::from(super::EXIT_TEMPFAIL)
                 }
                 Err(e) => {
                     eprintln!("error: {e}");

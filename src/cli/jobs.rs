@@ -24,7 +24,7 @@ pub enum JobsCommand {
         /// The job to run
         #[arg(value_parser = clap::builder::PossibleValuesParser::new(registry::names()))]
         name: String,
-        /// notify-expiry only: print what would be sent to whom, without sending or recording
+        /// Print what the job would do (for notify-expiry: what would be sent to whom), without doing or recording it
         #[arg(long)]
         dry_run: bool,
     },
@@ -59,11 +59,27 @@ pub fn run(path: &Path, cmd: JobsCommand) -> ExitCode {
             }
         },
         JobsCommand::Run { name, dry_run: true } => {
-            if name != "notify-expiry" {
-                eprintln!("error: --dry-run is available for notify-expiry only");
+            let Some(dry_run) = registry::find(&name).and_then(|spec| spec.dry_run) else {
+                let with: Vec<&str> = registry::all()
+                    .iter()
+                    .filter(|j| j.dry_run.is_some())
+                    .map(|j| j.name)
+                    .collect();
+                eprintln!("error: --dry-run is available for {} only", with.join(", "));
                 return ExitCode::from(super::EXIT_USAGE);
+            };
+            match dry_run(&config, &mut conn) {
+                Ok(lines) => {
+                    for line in lines {
+                        println!("{line}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(EXIT_FAILURE)
+                }
             }
-            dry_run_notify(&config, &mut conn)
         }
         JobsCommand::Run { name, dry_run: false } => {
             drop(conn);
@@ -99,51 +115,4 @@ pub fn run(path: &Path, cmd: JobsCommand) -> ExitCode {
             }
         }
     }
-}
-
-/// Prints the notices notify-expiry would enqueue now and what is waiting in
-/// the outbox, grouped by recipient; changes nothing.
-fn dry_run_notify(config: &crate::config::Config, conn: &mut crate::db::DbConnection) -> ExitCode {
-    use std::collections::BTreeMap;
-    let now = crate::db::now();
-    let planned = match crate::notify::detect::plan_key_notices(conn, &config.notifications, now) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("error: database error: {}", crate::db::describe_error(&e));
-            return ExitCode::from(EXIT_FAILURE);
-        }
-    };
-    let mut by_recipient: BTreeMap<&str, Vec<&crate::notify::detect::PlannedNotice>> = BTreeMap::new();
-    for p in &planned {
-        by_recipient.entry(p.owner_email.as_str()).or_default().push(p);
-    }
-    if by_recipient.is_empty() {
-        println!("no new notices are due");
-    }
-    for (recipient, notices) in by_recipient {
-        let payloads: Vec<_> = notices.iter().map(|n| n.payload.clone()).collect();
-        println!(
-            "would send to {recipient}: {}",
-            crate::notify::render::key_subject(&payloads, now)
-        );
-        for n in notices {
-            println!(
-                "  {} ({}) window {}, expires {}{}",
-                crate::notify::render::clean(&n.payload.name, 80),
-                n.payload.prefix,
-                n.window,
-                n.payload.expires_at.format("%Y-%m-%d %H:%M UTC"),
-                if n.skipped.is_empty() {
-                    String::new()
-                } else {
-                    format!("; wider windows skipped: {}", n.skipped.join(", "))
-                }
-            );
-        }
-    }
-    match crate::notify::outbox::list(conn, Some(crate::notify::status::PENDING), 10_000) {
-        Ok(pending) if !pending.is_empty() => println!("{} notice(s) already pending in the outbox", pending.len()),
-        _ => {}
-    }
-    ExitCode::SUCCESS
 }

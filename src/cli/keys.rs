@@ -153,7 +153,7 @@ pub fn run(path: &Path, cmd: KeysCommand) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let service = match KeyService::new(&config.keys) {
+    let service = match KeyService::new(&config.keys).map(|s| s.on_retire(crate::notify::outbox::cancel_for_key)) {
         Ok(s) => s,
         Err(e) => return fail(e),
     };

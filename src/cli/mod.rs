@@ -11,6 +11,9 @@
 //! | 75 | `jobs run`: skipped, another process holds the job's lock (EX_TEMPFAIL) |
 //! | 78 | bad configuration or unreadable secret (EX_CONFIG) |
 //! | 128+n | the daemon was stopped by a second signal n while waiting for jobs |
+//!
+//! Imports: daemon, jobs, keys, notify, acme, perms, sys, db, telemetry,
+//! config (the top floor: everything below it).
 
 mod actor;
 pub mod certs;
@@ -21,7 +24,7 @@ pub mod keys;
 pub mod migrate;
 pub mod notifications;
 pub mod perms;
-pub mod run;
+pub mod run_daemon;
 pub mod status;
 pub mod users;
 
@@ -148,7 +151,7 @@ pub fn main() -> ExitCode {
         restore_default_sigpipe();
     }
     match cli.command {
-        Command::Run => run::run(&path),
+        Command::Run => run_daemon::run(&path),
         Command::CheckConfig => check_config::run(&path),
         Command::Migrate => migrate::run(&path),
         Command::Jobs(cmd) => jobs::run(&path, cmd),
@@ -165,7 +168,7 @@ pub fn main() -> ExitCode {
 
 /// Loads the configuration, or prints every error and gives exit code 78.
 pub(crate) fn load_config(path: &Path) -> Result<Config, ExitCode> {
-    Config::load(path).map_err(|errors| {
+    crate::jobs::load_config(path).map_err(|errors| {
         for e in &errors.0 {
             eprintln!("{e}");
         }

@@ -14,8 +14,8 @@ use serde::Serialize;
 
 use super::{EXIT_DRIFT, EXIT_FAILURE};
 use crate::config::duration::parse_duration;
-use crate::perms::inode::Inode;
 use crate::perms::{scan, scan_and_fix, store, Fix, Policy, Remedy};
+use crate::sys::inode::Inode;
 
 #[derive(Debug, Subcommand)]
 pub enum PermsCommand {

@@ -6,9 +6,15 @@
 //! does not hide mistakes in another. Secrets are only *referenced* here (see
 //! [`secret`]); they are read by [`Config::load_secrets`] when the daemon or a
 //! command actually needs the database.
+//!
+//! Imports: sys (NSS lookups of configured owners) only: config is the ground
+//! floor. What only the floors above know (the jobs that exist, whether the
+//! permission rules compile) comes in as [`LoadChecks`], from
+//! `jobs::load_config`.
 
 pub mod acme;
 pub mod duration;
+pub mod jobs;
 pub mod permissions;
 pub mod schedule;
 pub mod secret;
@@ -23,11 +29,11 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 use toml::Spanned;
 
 pub use duration::HumanDuration;
-pub use permissions::PermissionsConfig;
+use jobs::JobSection;
+pub use jobs::{JobDefaults, JobSettings, MAX_BATCH_SIZE};
+pub use permissions::{PermissionsConfig, RuleProblem};
 pub use schedule::Schedule;
 pub use secret::{Secret, SecretError, SecretSource};
-
-use crate::jobs::registry::{self, JobSpec};
 
 /// Where the configuration is looked for when neither `--config` nor
 /// `KEYWARDEN_CONFIG` names a file.
@@ -557,7 +563,7 @@ pub struct NotificationsConfig {
     #[serde(default)]
     pub instructions: Option<String>,
     /// The name owners know this installation by, in the footer ("You
-    /// receive this because you own API keys on <instance>"); by default the
+    /// receive this because you own API keys on &lt;instance&gt;"); by default the
     /// host name keywarden greets mail servers with.
     #[serde(default)]
     pub instance_name: Option<String>,
@@ -749,29 +755,23 @@ impl NotificationsConfig {
     }
 }
 
-/// `[jobs.<name>]` as written.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct JobSection {
-    #[serde(default)]
-    enabled: Option<bool>,
-    #[serde(default)]
-    schedule: Option<Schedule>,
-    #[serde(default)]
-    batch_size: Option<u32>,
+/// What loading checks with knowledge that lives above config: the jobs
+/// that exist (the job registry's) and whether the permission rules compile
+/// (the policy's). Handed in by the caller, so config imports neither.
+pub struct LoadChecks<'a> {
+    pub jobs: &'a [JobDefaults],
+    pub permission_rules: fn(&PermissionsConfig) -> Result<(), Vec<RuleProblem>>,
 }
 
-/// A job's settings after defaults are applied.
-#[derive(Debug, Clone, PartialEq)]
-pub struct JobSettings {
-    pub enabled: bool,
-    pub schedule: Schedule,
-    /// Rows changed per transaction by set-based jobs.
-    pub batch_size: u32,
+impl LoadChecks<'static> {
+    /// No jobs (a `[jobs.*]` section is refused) and no check of the
+    /// permission rules: for code that needs only the other sections, such
+    /// as unit tests of a lower floor.
+    pub const SECTIONS_ONLY: LoadChecks<'static> = LoadChecks {
+        jobs: &[],
+        permission_rules: |_| Ok(()),
+    };
 }
-
-/// Larger batches hold row locks longer and exceed SQLite's bind limits.
-pub const MAX_BATCH_SIZE: u32 = 10_000;
 
 /// The whole, validated configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -780,7 +780,7 @@ pub struct Config {
     pub source: PathBuf,
     pub daemon: DaemonConfig,
     pub database: DatabaseConfig,
-    /// One entry for every job in the registry, in registry order.
+    /// One entry for every job the loader was told of ([`LoadChecks::jobs`]).
     pub jobs: BTreeMap<&'static str, JobSettings>,
     pub keys: KeysConfig,
     pub notifications: NotificationsConfig,
@@ -810,8 +810,10 @@ impl Config {
         }
     }
 
-    /// Reads and validates a configuration file (secrets are not read).
-    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    /// Reads and validates a configuration file (secrets are not read),
+    /// with the checks that belong to the floors above (see [`LoadChecks`];
+    /// `keywarden::jobs::load_config` hands in the registry's).
+    pub fn load_with(path: &Path, checks: &LoadChecks<'_>) -> Result<Config, ConfigErrors> {
         let whole = |message: String| {
             ConfigErrors(vec![ConfigError {
                 file: path.to_path_buf(),
@@ -840,7 +842,7 @@ impl Config {
                 }]));
             }
         };
-        let config = Self::from_toml(path, &text)?;
+        let config = Self::from_toml(path, &text, checks)?;
         // A password written into a world-readable file is not a secret.
         if config.database.url.has_inline_password() && meta.mode() & 0o004 != 0 {
             return Err(whole(format!(
@@ -853,7 +855,7 @@ impl Config {
     }
 
     /// Validates configuration text; `path` is only used in messages.
-    pub fn from_toml(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
+    pub fn from_toml(path: &Path, text: &str, checks: &LoadChecks<'_>) -> Result<Config, ConfigErrors> {
         let mut errors = Collector {
             file: path,
             text,
@@ -877,6 +879,7 @@ impl Config {
         let mut monitors: Vec<acme::MonitorConfig> = Vec::new();
         let mut cert_span = 0..0;
         let mut job_sections: BTreeMap<&'static str, JobSection> = BTreeMap::new();
+        let known_job = |name: &str| checks.jobs.iter().find(|j| j.name == name);
 
         for (key, value) in doc.into_inner() {
             let name: &str = key.get_ref();
@@ -939,7 +942,7 @@ impl Config {
                         if v.fallback_rescan.as_duration().as_secs() < 10 {
                             errors.problem(span.clone(), "permissions.fallback_rescan must be at least 10s".into());
                         }
-                        if let Err(problems) = crate::perms::Policy::compile(&v) {
+                        if let Err(problems) = (checks.permission_rules)(&v) {
                             for p in problems {
                                 let at = p.rule.and_then(|i| v.rules.get(i)).map(|r| r.span()).unwrap_or(span.clone());
                                 errors.at(at, p.message);
@@ -971,17 +974,22 @@ impl Config {
                     };
                     for (job_key, job_value) in table {
                         let job_name: &str = job_key.get_ref();
-                        match registry::find(job_name) {
-                            Some(spec) => {
+                        match known_job(job_name) {
+                            Some(job) => {
                                 if let Some(section) = errors.section::<JobSection>(job_value.clone()) {
-                                    validate_job_section(&mut errors, spec, &section, job_value.span());
-                                    job_sections.insert(spec.name, section);
+                                    for problem in section.problems(job) {
+                                        errors.problem(job_value.span(), problem);
+                                    }
+                                    job_sections.insert(job.name, section);
                                 }
                             }
-                            None => errors.at(
-                                job_key.span(),
-                                format!("unknown job {job_name:?}; known jobs: {}", registry::names().join(", ")),
-                            ),
+                            None => {
+                                let names: Vec<&str> = checks.jobs.iter().map(|j| j.name).collect();
+                                errors.at(
+                                    job_key.span(),
+                                    format!("unknown job {job_name:?}; known jobs: {}", names.join(", ")),
+                                )
+                            }
                         }
                     }
                 }
@@ -996,9 +1004,9 @@ impl Config {
             errors.problem(cert_span.clone(), problem);
         }
         for c in &certificates {
-            use crate::perms::ids::{resolve, IdKind};
+            use crate::sys::ids::IdKind;
             for (spec, kind) in [(&c.owner, IdKind::User), (&c.group, IdKind::Group)] {
-                if let Some(Err(e)) = spec.as_ref().map(|s| resolve(s, kind)) {
+                if let Some(Err(e)) = spec.as_ref().map(|s| s.resolve(kind)) {
                     errors.problem(cert_span.clone(), format!("certificate {:?}: {e}", c.name));
                 }
             }
@@ -1023,22 +1031,21 @@ impl Config {
             return Err(ConfigErrors(errors.errors));
         }
 
-        let jobs = registry::all()
-            .iter()
-            .map(|spec| {
-                let section = job_sections.remove(spec.name).unwrap_or_default();
-                let schedule = match section.schedule {
-                    Some(s) => s,
-                    None => spec.default_schedule(),
-                };
-                let settings = JobSettings {
-                    enabled: section.enabled.unwrap_or(true),
-                    schedule,
-                    batch_size: section.batch_size.unwrap_or(spec.default_batch_size),
-                };
-                (spec.name, settings)
-            })
-            .collect();
+        let mut jobs = BTreeMap::new();
+        for job in checks.jobs {
+            match job.settings(job_sections.remove(job.name)) {
+                Ok(settings) => {
+                    jobs.insert(job.name, settings);
+                }
+                Err(message) => {
+                    return Err(ConfigErrors(vec![ConfigError {
+                        file: path.to_path_buf(),
+                        position: None,
+                        message,
+                    }]))
+                }
+            }
+        }
 
         Ok(Config {
             source: path.to_path_buf(),
@@ -1142,33 +1149,6 @@ impl Config {
 
     pub fn job(&self, name: &str) -> Option<&JobSettings> {
         self.jobs.get(name)
-    }
-}
-
-fn validate_job_section(
-    errors: &mut Collector<'_>,
-    spec: &JobSpec,
-    section: &JobSection,
-    span: std::ops::Range<usize>,
-) {
-    if let Some(b) = section.batch_size {
-        if !spec.batched {
-            errors.problem(
-                span,
-                format!(
-                    "jobs.{}.batch_size: this job does not work in batches; remove batch_size",
-                    spec.name
-                ),
-            );
-        } else if b == 0 || b > MAX_BATCH_SIZE {
-            errors.problem(
-                span,
-                format!(
-                    "jobs.{}.batch_size must be between 1 and {MAX_BATCH_SIZE}, found {b}",
-                    spec.name
-                ),
-            );
-        }
     }
 }
 
@@ -1388,8 +1368,34 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 mod tests {
     use super::*;
 
+    /// Jobs as the registry describes them (config cannot see it).
+    const JOBS: &[JobDefaults] = &[
+        JobDefaults {
+            name: "expire-keys",
+            default_schedule: "*/5 * * * *",
+            batched: true,
+            default_batch_size: 1000,
+        },
+        JobDefaults {
+            name: "notify-expiry",
+            default_schedule: "*/15 * * * *",
+            batched: false,
+            default_batch_size: 500,
+        },
+        JobDefaults {
+            name: "watch-perms",
+            default_schedule: "*/10 * * * *",
+            batched: false,
+            default_batch_size: 1000,
+        },
+    ];
+
     fn parse(text: &str) -> Result<Config, ConfigErrors> {
-        Config::from_toml(Path::new("/etc/keywarden/keywarden.toml"), text)
+        let checks = LoadChecks {
+            jobs: JOBS,
+            permission_rules: |_| Ok(()),
+        };
+        Config::from_toml(Path::new("/etc/keywarden/keywarden.toml"), text, &checks)
     }
 
     #[test]

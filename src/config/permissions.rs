@@ -1,5 +1,5 @@
 //! `[permissions]` and `[[permissions.rules]]`: the permission policy as
-//! written. It is compiled into a [`crate::perms::policy::Policy`] (globs
+//! written. It is compiled into a `perms::policy::Policy` (globs
 //! built, owner and group names resolved) when the configuration is loaded,
 //! so `check-config` reports a bad glob or an unknown user with its place.
 
@@ -11,6 +11,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::HumanDuration;
+use crate::sys::ids::IdKind;
 
 /// What a rule says a path must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -121,6 +122,36 @@ impl<'de> Deserialize<'de> for ModeSpec {
 pub enum IdSpec {
     Name(String),
     Id(u32),
+}
+
+/// A permission policy that cannot be built, with the place in the
+/// configuration it comes from (`None` for `[permissions]` as a whole,
+/// `Some(i)` for rule i).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleProblem {
+    pub rule: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for RuleProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl IdSpec {
+    /// The numeric id this user or group stands for, through the system's
+    /// NSS; the error says which name is unknown.
+    pub fn resolve(&self, kind: IdKind) -> Result<u32, String> {
+        match self {
+            IdSpec::Id(id) => Ok(*id),
+            IdSpec::Name(name) => match kind.lookup(name) {
+                Ok(Some(id)) => Ok(id),
+                Ok(None) => Err(format!("no {} named {name:?} on this machine", kind.noun())),
+                Err(e) => Err(format!("looking up {} {name:?} failed: {e}", kind.noun())),
+            },
+        }
+    }
 }
 
 impl fmt::Display for IdSpec {

@@ -7,6 +7,8 @@
 //! (validate-then-swap, see [`reload`]); SIGTERM/SIGINT stop: `STOPPING=1`,
 //! no new runs, running jobs get `daemon.shutdown_timeout` to finish, and a
 //! second signal exits at once.
+//!
+//! Imports: jobs, perms (the continuous watcher), db, telemetry, config.
 
 pub mod notify;
 pub mod reload;
@@ -17,6 +19,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
@@ -25,7 +28,7 @@ use crate::config::Config;
 use crate::db::{migrate, Database};
 use crate::telemetry::Telemetry;
 
-use signals::{DaemonSignal, SignalStream};
+use signals::DaemonSignal;
 use state::DaemonState;
 
 /// How the daemon ended, mapped to the process exit status by the caller.
@@ -39,17 +42,20 @@ pub enum Exit {
     Failed,
 }
 
-/// Runs the daemon until a stop signal.
-pub async fn run(config_path: PathBuf, config: Config, database: Database, telemetry: Telemetry) -> Exit {
-    // Handlers go in before anything else, so a reload or stop arriving
-    // during startup is never the default action (which would kill us).
-    let mut signals = match SignalStream::install() {
-        Ok(s) => s,
-        Err(e) => {
-            error!("cannot install signal handlers: {e}");
-            return Exit::Failed;
-        }
-    };
+/// Runs the daemon until `requests` asks it to stop: reloads and stops
+/// come from there (the process's signals under `keywarden run`, see
+/// [`signals::install`]; a test's own stream in-process). A second stop
+/// while jobs finish exits at once.
+pub async fn run<R>(
+    config_path: PathBuf,
+    config: Config,
+    database: Database,
+    telemetry: Telemetry,
+    mut requests: R,
+) -> Exit
+where
+    R: Stream<Item = DaemonSignal> + Unpin,
+{
     info!(
         event = "starting",
         "keywarden {} starting; database {}",
@@ -57,7 +63,7 @@ pub async fn run(config_path: PathBuf, config: Config, database: Database, telem
         database.describe()
     );
 
-    if let Some(exit) = prepare_database(&database, &mut signals).await {
+    if let Some(exit) = prepare_database(&database, &mut requests).await {
         return exit;
     }
 
@@ -75,7 +81,7 @@ pub async fn run(config_path: PathBuf, config: Config, database: Database, telem
         error!("cannot schedule jobs: {e}");
         return Exit::Failed;
     }
-    state.restart_watcher().await;
+    state.restart_services(|_| true).await;
     // Work that failed before this start is retried on time.
     state.wake_for_retries(&state).await;
     notify::spawn_watchdog(stop.clone());
@@ -88,7 +94,7 @@ pub async fn run(config_path: PathBuf, config: Config, database: Database, telem
     );
 
     loop {
-        match signals.next().await {
+        match requests.next().await {
             Some(DaemonSignal::Reload) => reload::reload(&state).await,
             Some(DaemonSignal::Stop(sig)) => {
                 info!(event = "stopping", "received {}; stopping", signals::name(sig));
@@ -123,16 +129,39 @@ pub async fn run(config_path: PathBuf, config: Config, database: Database, telem
                 state.config().daemon.shutdown_timeout, tracker.len());
             Exit::Clean
         }
-        sig = signals.next_stop() => {
+        sig = signals::next_stop(&mut requests) => {
             warn!(event = "stopped", message_id = crate::telemetry::message_ids::STOPPED, "second stop signal; exiting at once");
             Exit::Forced(sig)
         }
     }
 }
 
+/// Runs the daemon until `shutdown` completes, then stops as on SIGTERM
+/// (running jobs get `daemon.shutdown_timeout`). For driving the daemon in
+/// the same process, as tests do; there is no reload.
+pub async fn run_until<F>(
+    config_path: PathBuf,
+    config: Config,
+    database: Database,
+    telemetry: Telemetry,
+    shutdown: F,
+) -> Exit
+where
+    F: std::future::Future<Output = ()>,
+{
+    let requests = Box::pin(futures_util::stream::once(async move {
+        shutdown.await;
+        DaemonSignal::Stop(signal_hook::consts::SIGTERM)
+    }));
+    run(config_path, config, database, telemetry, requests).await
+}
+
 /// Connects and migrates, retrying with backoff while the database is
 /// unreachable. Returns `Some(exit)` if a stop signal arrived meanwhile.
-async fn prepare_database(database: &Database, signals: &mut SignalStream) -> Option<Exit> {
+async fn prepare_database<R>(database: &Database, requests: &mut R) -> Option<Exit>
+where
+    R: Stream<Item = DaemonSignal> + Unpin,
+{
     let mut delay = Duration::from_secs(1);
     loop {
         let db = database.clone();
@@ -159,7 +188,7 @@ async fn prepare_database(database: &Database, signals: &mut SignalStream) -> Op
         }
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            sig = signals.next() => match sig {
+            sig = requests.next() => match sig {
                 Some(DaemonSignal::Stop(_)) | None => return Some(Exit::Clean),
                 Some(DaemonSignal::Reload) => info!("reload requested during startup; the configuration is read again at the next start"),
             }

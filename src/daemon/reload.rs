@@ -29,7 +29,7 @@ pub async fn reload(state: &Arc<DaemonState>) {
     notify::reloading();
     info!(event = "reloading", "reloading {}", state.config_path.display());
     let path = state.config_path.clone();
-    let loaded = tokio::task::spawn_blocking(move || Config::load(&path)).await;
+    let loaded = tokio::task::spawn_blocking(move || crate::jobs::load_config(&path)).await;
     let outcome = match loaded {
         Ok(Ok(new)) => apply(state, new).await,
         Ok(Err(errors)) => ReloadOutcome::Refused {
@@ -140,8 +140,15 @@ async fn apply(state: &Arc<DaemonState>, new: Config) -> ReloadOutcome {
     if old.daemon.host_name != new.daemon.host_name {
         changes.push("daemon.host_name changed".to_string());
     }
-    let watch_enabled = |c: &Config| c.job("watch-perms").is_some_and(|s| s.enabled);
-    let restart_watcher = old.permissions != new.permissions || watch_enabled(&old) != watch_enabled(&new);
+    let enabled = |c: &Config, job: &str| c.job(job).is_some_and(|s| s.enabled);
+    let restart: Vec<&'static str> = crate::jobs::registry::all()
+        .iter()
+        .filter(|spec| {
+            spec.service.is_some_and(|s| (s.restart_on)(&old, &new))
+                || enabled(&old, spec.name) != enabled(&new, spec.name)
+        })
+        .map(|spec| spec.name)
+        .collect();
     if old.permissions != new.permissions {
         changes.push("permissions: policy changed; the watcher restarts with a full rescan".to_string());
     }
@@ -177,8 +184,8 @@ async fn apply(state: &Arc<DaemonState>, new: Config) -> ReloadOutcome {
             error!(job = name, "could not reschedule {name}: {e}");
         }
     }
-    if restart_watcher {
-        state.restart_watcher().await;
+    if !restart.is_empty() {
+        state.restart_services(|spec| restart.contains(&spec.name)).await;
     }
     ReloadOutcome::Applied { changes }
 }

@@ -53,8 +53,9 @@ pub struct DaemonState {
     last_error: Mutex<Option<LastError>>,
     pub stop: CancellationToken,
     pub tracker: TaskTracker,
-    /// The permission watcher's own stop token and task, while it runs.
-    watcher: tokio::sync::Mutex<Option<(CancellationToken, tokio::task::JoinHandle<()>)>>,
+    /// The jobs' services ([`JobSpec::service`]) running now, each with its
+    /// own stop token and task.
+    services: tokio::sync::Mutex<HashMap<&'static str, (CancellationToken, tokio::task::JoinHandle<()>)>>,
 }
 
 impl DaemonState {
@@ -83,33 +84,40 @@ impl DaemonState {
             last_error: Mutex::new(None),
             stop,
             tracker,
-            watcher: tokio::sync::Mutex::new(None),
+            services: tokio::sync::Mutex::new(HashMap::new()),
         })
     }
 
-    /// Stops the permission watcher if it runs, and starts it again when the
-    /// configuration in force enables `watch-perms` and names roots.
-    pub async fn restart_watcher(&self) {
-        let mut slot = self.watcher.lock().await;
-        if let Some((token, handle)) = slot.take() {
-            token.cancel();
-            let _ = handle.await;
-        }
-        let config = self.config();
-        let enabled = config.job("watch-perms").is_some_and(|s| s.enabled);
-        if !enabled || config.permissions.roots.is_empty() || self.stop.is_cancelled() {
-            return;
-        }
-        let token = self.stop.child_token();
-        let database = self.database.clone();
-        let stop = token.clone();
-        let handle = self.tracker.spawn_blocking(move || {
-            let run = std::panic::AssertUnwindSafe(|| crate::perms::watch::run(database, config, stop));
-            if std::panic::catch_unwind(run).is_err() {
-                error!("watch-perms: the watcher panicked; only the scheduled rescans run until the next reload");
+    /// Stops the services of the jobs `which` selects, and starts each again
+    /// when the configuration in force enables its job.
+    pub async fn restart_services(&self, which: impl Fn(&JobSpec) -> bool) {
+        let mut running = self.services.lock().await;
+        for spec in registry::all().iter().filter(|s| which(s)) {
+            let Some(service) = spec.service else { continue };
+            if let Some((token, handle)) = running.remove(spec.name) {
+                token.cancel();
+                let _ = handle.await;
             }
-        });
-        *slot = Some((token, handle));
+            let config = self.config();
+            let enabled = config.job(spec.name).is_some_and(|s| s.enabled);
+            if !enabled || self.stop.is_cancelled() {
+                continue;
+            }
+            let token = self.stop.child_token();
+            let database = self.database.clone();
+            let stop = token.clone();
+            let name = spec.name;
+            let handle = self.tracker.spawn_blocking(move || {
+                let run = std::panic::AssertUnwindSafe(|| (service.run)(database, config, stop));
+                if std::panic::catch_unwind(run).is_err() {
+                    error!(
+                        job = name,
+                        "{name}: its service panicked; only the scheduled runs go on until the next reload"
+                    );
+                }
+            });
+            running.insert(spec.name, (token, handle));
+        }
     }
 
     /// The configuration in force.

@@ -4,6 +4,8 @@
 //! queries are written once with Diesel's query builder. The few statements
 //! that exist on one backend only (advisory locks, upserts, pragmas) live in
 //! [`lock`] and [`migrate`], which match on the connection.
+//!
+//! Imports: telemetry, config.
 
 pub mod holder;
 pub mod lock;
@@ -328,8 +330,12 @@ mod tests {
     use super::*;
 
     fn database(url: &str, password: Option<&str>) -> (Database, url::Url) {
-        let cfg = crate::config::Config::from_toml(Path::new("t.toml"), &format!("[database]\nurl = \"{url}\"\n"))
-            .expect("config");
+        let cfg = crate::config::Config::from_toml(
+            Path::new("t.toml"),
+            &format!("[database]\nurl = \"{url}\"\n"),
+            &crate::config::LoadChecks::SECTIONS_ONLY,
+        )
+        .expect("config");
         let secrets = Secrets {
             database_password: password.map(Secret::new),
             ..Secrets::default()

@@ -15,6 +15,9 @@
 //! What an outage keeps from being written (the end of a run it cut off,
 //! runs that could not connect) is kept in [`unrecorded`] and written by the
 //! first run that connects again.
+//!
+//! Imports: keys, notify, acme, perms (the domains its jobs drive), db,
+//! telemetry, config.
 
 pub mod expire_keys;
 pub mod history;
@@ -39,7 +42,7 @@ use crate::db::lock::{with_job_lock, LockKeeper};
 use crate::db::{Database, DbConnection, DbError};
 use crate::telemetry::one_line;
 
-pub use registry::JobSpec;
+pub use registry::{config_from_toml, load_config, DryRun, JobSpec, Service};
 
 /// What a job is given to do its work.
 pub struct JobContext<'a> {
@@ -92,6 +95,23 @@ pub enum JobError {
     Panicked(String),
     #[error("{0}")]
     Failed(String),
+}
+
+/// Runs `work` under `spec`'s lock, as every run of the job runs: for work
+/// on the job's rows outside a scheduled run (`keywarden certs renew`), so
+/// that it never races a run of the job in another process or on another
+/// replica. `Ok(None)`: another process holds the lock.
+pub fn with_lock_of<R>(
+    spec: &JobSpec,
+    db: &Database,
+    conn: &mut DbConnection,
+    config: &Config,
+    work: impl FnOnce(&mut DbConnection) -> R,
+) -> Result<Option<R>, DbError> {
+    let host = config.host_name();
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let holder = Holder::current(&host, &run_id);
+    with_job_lock(db, conn, &spec.lock_name(&host), &holder, |conn, _keeper| work(conn))
 }
 
 impl From<diesel::result::Error> for JobError {

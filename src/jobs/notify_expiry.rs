@@ -7,14 +7,32 @@
 //! "failing" means mail that should have gone out has not, so an SMTP
 //! outage keeps the failure streak (and the admins' alert) going.
 
+use std::collections::BTreeMap;
+
 use tracing::info;
 
-use super::{JobContext, JobError, JobReport};
+use super::{JobContext, JobError, JobReport, JobSpec};
+use crate::config::Config;
+use crate::db::DbConnection;
 use crate::notify::deliver::{deliver, release_abandoned, DeliveryReport};
-use crate::notify::detect::enqueue_key_notices;
+use crate::notify::detect::{enqueue_key_notices, plan_key_notices, PlannedNotice};
 use crate::notify::outbox;
-use crate::notify::render::Templates;
+use crate::notify::render::{self, Templates};
 use crate::notify::transport::Mailer;
+
+/// This job as the registry lists it.
+pub const JOB: JobSpec = JobSpec {
+    name: "notify-expiry",
+    description: "owners of keys entering a warning window get one email per window; the outbox is delivered",
+    default_schedule: "*/15 * * * *",
+    batched: false,
+    default_batch_size: 500,
+    per_host: false,
+    retry_due: None,
+    service: None,
+    dry_run: Some(dry_run),
+    run,
+};
 
 pub fn run(ctx: &mut JobContext<'_>) -> Result<JobReport, JobError> {
     let cfg = &ctx.config.notifications;
@@ -85,4 +103,45 @@ pub fn run(ctx: &mut JobContext<'_>) -> Result<JobReport, JobError> {
         }
     }
     Ok(report)
+}
+
+/// The notices a run would enqueue now and what waits in the outbox,
+/// grouped by recipient; changes nothing.
+fn dry_run(config: &Config, conn: &mut DbConnection) -> Result<Vec<String>, JobError> {
+    let now = crate::db::now();
+    let planned = plan_key_notices(conn, &config.notifications, now)?;
+    let mut by_recipient: BTreeMap<&str, Vec<&PlannedNotice>> = BTreeMap::new();
+    for p in &planned {
+        by_recipient.entry(p.owner_email.as_str()).or_default().push(p);
+    }
+    let mut lines = Vec::new();
+    if by_recipient.is_empty() {
+        lines.push("no new notices are due".to_string());
+    }
+    for (recipient, notices) in by_recipient {
+        let payloads: Vec<_> = notices.iter().map(|n| n.payload.clone()).collect();
+        lines.push(format!(
+            "would send to {recipient}: {}",
+            render::key_subject(&payloads, now)
+        ));
+        for n in notices {
+            lines.push(format!(
+                "  {} ({}) window {}, expires {}{}",
+                render::clean(&n.payload.name, 80),
+                n.payload.prefix,
+                n.window,
+                n.payload.expires_at.format("%Y-%m-%d %H:%M UTC"),
+                if n.skipped.is_empty() {
+                    String::new()
+                } else {
+                    format!("; wider windows skipped: {}", n.skipped.join(", "))
+                }
+            ));
+        }
+    }
+    let pending = outbox::list(conn, Some(crate::notify::status::PENDING), 10_000)?;
+    if !pending.is_empty() {
+        lines.push(format!("{} notice(s) already pending in the outbox", pending.len()));
+    }
+    Ok(lines)
 }

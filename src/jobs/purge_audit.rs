@@ -1,8 +1,22 @@
 //! `purge-audit`: audit events, permission events and job runs older than the retention are
 //! deleted in batches (the retention is never below 90 days).
 
-use super::{JobContext, JobError, JobReport};
+use super::{JobContext, JobError, JobReport, JobSpec};
 use crate::keys::retention::{purge_events_batch, purge_runs_batch};
+
+/// This job as the registry lists it.
+pub const JOB: JobSpec = JobSpec {
+    name: "purge-audit",
+    description: "audit events and job runs older than keys.audit_retention are deleted",
+    default_schedule: "17 3 * * *",
+    batched: true,
+    default_batch_size: 5000,
+    per_host: false,
+    retry_due: None,
+    service: None,
+    dry_run: None,
+    run,
+};
 
 pub fn run(ctx: &mut JobContext<'_>) -> Result<JobReport, JobError> {
     let batch = ctx.settings.batch_size;

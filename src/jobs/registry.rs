@@ -4,8 +4,14 @@
 use chrono::NaiveDateTime;
 use diesel::QueryResult;
 
-use crate::config::Schedule;
-use crate::db::DbConnection;
+use std::path::Path;
+
+use crate::config::{Config, ConfigErrors, JobDefaults, LoadChecks, PermissionsConfig, RuleProblem};
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::db::{Database, DbConnection};
 
 use super::{JobContext, JobError, JobReport};
 
@@ -29,8 +35,26 @@ pub struct JobSpec {
     /// (failed renewals); the daemon wakes for it if it falls before the
     /// next tick.
     pub retry_due: Option<RetryDue>,
+    /// A part the daemon keeps running beside the schedule while the job is
+    /// enabled (the permission watcher of `watch-perms`).
+    pub service: Option<Service>,
+    /// What the job would do now, changing nothing: `jobs run --dry-run`.
+    pub dry_run: Option<DryRun>,
     pub run: fn(&mut JobContext<'_>) -> Result<JobReport, JobError>,
 }
+
+/// A long-running part of a job, on a blocking thread of the daemon's: it
+/// returns once its token is cancelled.
+#[derive(Debug, Clone, Copy)]
+pub struct Service {
+    pub run: fn(Database, Arc<Config>, CancellationToken),
+    /// Whether a reload from the first configuration to the second must
+    /// restart it (it is restarted too when the job is enabled or disabled).
+    pub restart_on: fn(&Config, &Config) -> bool,
+}
+
+/// The lines `jobs run --dry-run` prints for a job.
+pub type DryRun = fn(&Config, &mut DbConnection) -> Result<Vec<String>, JobError>;
 
 impl JobSpec {
     /// The name the job lock is taken under.
@@ -42,88 +66,59 @@ impl JobSpec {
         }
     }
 
-    pub fn default_schedule(&self) -> Schedule {
-        // The built-in schedules are checked by a unit test below.
-        Schedule::parse(self.default_schedule)
-            .unwrap_or_else(|e| panic!("built-in schedule of {} is invalid: {e}", self.name))
+    /// What the configuration needs to know of this job.
+    pub fn defaults(&self) -> JobDefaults {
+        JobDefaults {
+            name: self.name,
+            default_schedule: self.default_schedule,
+            batched: self.batched,
+            default_batch_size: self.default_batch_size,
+        }
     }
 }
 
-static JOBS: &[JobSpec] = &[
-    JobSpec {
-        name: "expire-keys",
-        description: "active API keys whose expiry has passed become expired",
-        default_schedule: "*/5 * * * *",
-        batched: true,
-        default_batch_size: 1000,
-        per_host: false,
-        retry_due: None,
-        run: super::expire_keys::run,
-    },
-    JobSpec {
-        name: "revoke-grace",
-        description: "rotated keys whose grace period has ended become revoked",
-        default_schedule: "*/5 * * * *",
-        batched: true,
-        default_batch_size: 1000,
-        per_host: false,
-        retry_due: None,
-        run: super::revoke_grace::run,
-    },
-    JobSpec {
-        name: "notify-expiry",
-        description: "owners of keys entering a warning window get one email per window; the outbox is delivered",
-        default_schedule: "*/15 * * * *",
-        batched: false,
-        default_batch_size: 500,
-        per_host: false,
-        retry_due: None,
-        run: super::notify_expiry::run,
-    },
-    JobSpec {
-        name: "purge-audit",
-        description: "audit events and job runs older than keys.audit_retention are deleted",
-        default_schedule: "17 3 * * *",
-        batched: true,
-        default_batch_size: 5000,
-        per_host: false,
-        retry_due: None,
-        run: super::purge_audit::run,
-    },
-    JobSpec {
-        name: "renew-certs",
-        description:
-            "certificates are renewed over ACME when due and monitored ones read; admins are warned before any lapses",
-        default_schedule: "*/5 * * * *",
-        batched: false,
-        default_batch_size: 1,
-        per_host: false,
-        retry_due: Some(super::renew_certs::retry_due),
-        run: super::renew_certs::run,
-    },
-    JobSpec {
-        name: "watch-perms",
-        description:
-            "full rescan of the permission policy under permissions.roots (the daemon also watches continuously)",
-        default_schedule: "41 * * * *",
-        batched: false,
-        default_batch_size: 1,
-        per_host: true,
-        retry_due: None,
-        run: super::watch_perms::run,
-    },
+/// Every job, in the order `jobs list` shows them. Adding a job is adding
+/// its module (which declares its [`JobSpec`] as `JOB`) and a line here.
+static JOBS: &[&JobSpec] = &[
+    &super::expire_keys::JOB,
+    &super::revoke_grace::JOB,
+    &super::notify_expiry::JOB,
+    &super::purge_audit::JOB,
+    &super::renew_certs::JOB,
+    &super::watch_perms::JOB,
 ];
 
-pub fn all() -> &'static [JobSpec] {
+pub fn all() -> &'static [&'static JobSpec] {
     JOBS
 }
 
 pub fn find(name: &str) -> Option<&'static JobSpec> {
-    JOBS.iter().find(|j| j.name == name)
+    JOBS.iter().find(|j| j.name == name).copied()
 }
 
 pub fn names() -> Vec<&'static str> {
     JOBS.iter().map(|j| j.name).collect()
+}
+
+/// Reads and validates a configuration file, with what config itself
+/// cannot know: the jobs of this registry (their names and defaults) and
+/// whether the permission rules compile.
+pub fn load_config(path: &Path) -> Result<Config, ConfigErrors> {
+    let jobs: Vec<JobDefaults> = JOBS.iter().map(|j| j.defaults()).collect();
+    Config::load_with(path, &checks(&jobs))
+}
+
+/// [`load_config`] for configuration text; `path` is only named in messages.
+pub fn config_from_toml(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
+    let jobs: Vec<JobDefaults> = JOBS.iter().map(|j| j.defaults()).collect();
+    Config::from_toml(path, text, &checks(&jobs))
+}
+
+fn checks(jobs: &[JobDefaults]) -> LoadChecks<'_> {
+    fn permission_rules(p: &PermissionsConfig) -> Result<(), Vec<RuleProblem>> {
+        crate::perms::Policy::compile(p).map(drop)
+    }
+    LoadChecks { jobs, permission_rules }
 }
 
 #[cfg(test)]

@@ -6,8 +6,23 @@
 
 use tracing::info;
 
-use super::{JobContext, JobError, JobReport};
+use super::{JobContext, JobError, JobReport, JobSpec};
 use crate::acme::renew::{run_pass, Mode, Outcome};
+
+/// This job as the registry lists it.
+pub const JOB: JobSpec = JobSpec {
+    name: "renew-certs",
+    description:
+        "certificates are renewed over ACME when due and monitored ones read; admins are warned before any lapses",
+    default_schedule: "*/5 * * * *",
+    batched: false,
+    default_batch_size: 1,
+    per_host: false,
+    retry_due: Some(retry_due),
+    service: None,
+    dry_run: None,
+    run,
+};
 
 pub fn run(ctx: &mut JobContext<'_>) -> Result<JobReport, JobError> {
     if ctx.config.certificates.is_empty() && ctx.config.monitors.is_empty() {

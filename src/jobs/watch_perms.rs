@@ -6,8 +6,25 @@
 
 use tracing::info;
 
-use super::{JobContext, JobError, JobReport};
+use super::{JobContext, JobError, JobReport, JobSpec, Service};
 use crate::perms::{digest, log_scan, scan, scan_and_fix, store, Fix, Policy};
+
+/// This job as the registry lists it.
+pub const JOB: JobSpec = JobSpec {
+    name: "watch-perms",
+    description: "full rescan of the permission policy under permissions.roots (the daemon also watches continuously)",
+    default_schedule: "41 * * * *",
+    batched: false,
+    default_batch_size: 1,
+    per_host: true,
+    retry_due: None,
+    service: Some(Service {
+        run: crate::perms::watch::run,
+        restart_on: |old, new| old.permissions != new.permissions,
+    }),
+    dry_run: None,
+    run,
+};
 
 pub fn run(ctx: &mut JobContext<'_>) -> Result<JobReport, JobError> {
     let policy = Policy::compile(&ctx.config.permissions)

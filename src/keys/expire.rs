@@ -19,7 +19,7 @@ const PLAN_BATCHES: usize = 20;
 /// Expires the keys due at `now`, one batch (one transaction) at a time.
 ///
 /// Work is planned, then done: a read over the `(status, expires_at)` index
-/// collects up to [`PLAN_BATCHES`] batches of due ids; they are sorted by id
+/// collects up to `PLAN_BATCHES` batches of due ids; they are sorted by id
 /// and expired in that order, so each transaction touches neighbouring table
 /// pages and every page is visited about once per run, as a single
 /// `UPDATE` would. The next planning read starts at the latest expiry already
@@ -104,7 +104,7 @@ pub fn expire_ids(conn: &mut DbConnection, ids: &[i64], now: NaiveDateTime, acto
 
 /// Ends one batch of grace periods: `rotating` keys whose grace has passed
 /// become `revoked` (reason "grace period ended"), each with a `grace_ended`
-/// event. Returns the prefixes revoked. `cursor` works as in [`expire_batch`].
+/// event. Returns the prefixes revoked. `cursor` works as in [`Expirer::next_batch`].
 pub fn end_grace_batch(
     conn: &mut DbConnection,
     now: NaiveDateTime,

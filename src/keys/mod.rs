@@ -4,6 +4,9 @@
 //! Statuses: `active` → `rotating` (after a rotation, until its grace period
 //! ends) → `revoked`; `active` → `expired` when `expires_at` passes;
 //! `revoked` is final.
+//!
+//! Imports: db, config. What other domains keep about a key they drop through
+//! [`service::OnRetire`] hooks set by whoever assembles the service.
 
 pub mod error;
 pub mod expire;

@@ -40,6 +40,12 @@ pub struct Rotation {
     pub new: IssuedKey,
 }
 
+/// What other domains keep about a key and drop when it is retired
+/// (rotated or revoked), run inside the transaction that retires it: the
+/// notifier cancels the key's pending warnings. Set by whoever assembles
+/// the service ([`KeyService::on_retire`]), so keys know nothing of them.
+pub type OnRetire = fn(&mut DbConnection, i64, NaiveDateTime) -> QueryResult<usize>;
+
 /// The key service: settings plus the hasher (whose decoy hash makes unknown
 /// prefixes cost a full verify).
 pub struct KeyService {
@@ -50,6 +56,7 @@ pub struct KeyService {
     /// their start derived from it, not from their own work (see
     /// `keys::verify`).
     pub(crate) argon_average_ns: std::sync::atomic::AtomicU64,
+    on_retire: Vec<OnRetire>,
 }
 
 impl KeyService {
@@ -58,7 +65,21 @@ impl KeyService {
             config: config.clone(),
             hasher: SecretHasher::new(&config.argon2)?,
             argon_average_ns: std::sync::atomic::AtomicU64::new(0),
+            on_retire: Vec::new(),
         })
+    }
+
+    /// Adds what runs when a key is rotated or revoked; see [`OnRetire`].
+    pub fn on_retire(mut self, hook: OnRetire) -> Self {
+        self.on_retire.push(hook);
+        self
+    }
+
+    fn retired(&self, conn: &mut DbConnection, key_id: i64, now: NaiveDateTime) -> QueryResult<()> {
+        for hook in &self.on_retire {
+            hook(conn, key_id, now)?;
+        }
+        Ok(())
     }
 
     fn new_key(&self) -> Result<(NewKey, String), KeyError> {
@@ -173,7 +194,7 @@ impl KeyService {
             if changed != 1 {
                 return Err(KeyError::Conflict(old.prefix));
             }
-            crate::notify::outbox::cancel_for_key(conn, old.id, now)?;
+            self.retired(conn, old.id, now)?;
             let reason = format!("replaced by {}", successor.prefix);
             record_events_for(conn, &[old.id], event::ROTATED, Some(&reason), actor, now)?;
             record_events_for(conn, &[successor.id], event::CREATED, Some("rotation"), actor, now)?;
@@ -219,7 +240,7 @@ impl KeyService {
                 return Err(KeyError::Conflict(key.prefix));
             }
             record_events_for(conn, &[key.id], event::REVOKED, Some(reason), actor, now)?;
-            crate::notify::outbox::cancel_for_key(conn, key.id, now)?;
+            self.retired(conn, key.id, now)?;
             find_in(conn, prefix)
         })
     }

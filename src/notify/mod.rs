@@ -15,6 +15,9 @@
 //! Delivery is at-least-once: a crash after the server accepted a message
 //! and before its rows were marked sent is the one way to get a duplicate
 //! (such rows are claimed again after [`deliver::STALE_CLAIM`]).
+//!
+//! Imports: keys (statuses of the keys it warns about), db, telemetry,
+//! config. Nothing below it knows of email.
 
 pub mod alerts;
 pub mod deliver;

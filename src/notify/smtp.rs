@@ -9,7 +9,7 @@
 //! runtime thread of their own; outcomes go back to the caller's thread,
 //! the only one that touches the database (see [`SmtpPool::session`]).
 //! lettre writes a message body and its final `.` separately; the stream it
-//! is handed ([`WireStream`]) holds the body back so both leave in one
+//! is handed (`WireStream`) holds the body back so both leave in one
 //! write, which spares the server a second read per message.
 
 use std::net::SocketAddr;

@@ -6,7 +6,7 @@
 //!   a symlink) and lists every violation.
 //! - [`remediate`] puts drift back through an `O_PATH` handle opened with
 //!   `openat2(RESOLVE_NO_SYMLINKS)`, refusing symlinks, hard links and
-//!   unexpected types; [`safe_fs`] holds those system calls.
+//!   unexpected types; [`crate::sys::safe_fs`] holds those system calls.
 //! - [`store`] records drift in `permission_drift` and its history in
 //!   `permission_events`, once when it appears and once when it ends, and
 //!   logs each event to journald; [`digest`] emails the admins at most once
@@ -14,13 +14,13 @@
 //! - [`watch`] is the continuous watcher the daemon runs for `watch-perms`;
 //!   the scheduled `watch-perms` job and `keywarden perms scan` use
 //!   [`scan_and_fix`] directly.
+//!
+//! Imports: notify (drift alerts), sys (safe file handling, NSS), db,
+//! telemetry, config.
 
 pub mod digest;
-pub mod ids;
-pub mod inode;
 pub mod policy;
 pub mod remediate;
-pub mod safe_fs;
 pub mod scan;
 pub mod store;
 pub mod watch;

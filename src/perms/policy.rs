@@ -5,28 +5,13 @@
 //! another), so a path costs two set matches however many rules there are;
 //! that keeps a full scan close to `find`'s speed.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use globset::{Candidate, GlobBuilder, GlobSet, GlobSetBuilder};
 
-use super::ids;
-use super::inode::{Inode, InodeKind};
-use crate::config::permissions::{ExpectedKind, IdSpec, ModeSpec, PermissionsConfig};
-
-/// A policy that cannot be built, with the place in the configuration it
-/// comes from (`None` for `[permissions]` as a whole, `Some(i)` for rule i).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PolicyError {
-    pub rule: Option<usize>,
-    pub message: String,
-}
-
-impl fmt::Display for PolicyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
+use crate::config::permissions::{ExpectedKind, IdSpec, ModeSpec, PermissionsConfig, RuleProblem};
+use crate::sys::ids;
+use crate::sys::inode::{Inode, InodeKind};
 
 /// Which check a finding failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,14 +147,14 @@ fn expand(pattern: &str, roots: &[PathBuf]) -> Result<Vec<String>, String> {
 }
 
 fn resolve(spec: &IdSpec, kind: ids::IdKind) -> Result<(u32, String), String> {
-    ids::resolve(spec, kind).map(|id| (id, spec.to_string()))
+    spec.resolve(kind).map(|id| (id, spec.to_string()))
 }
 
 impl Policy {
     /// Builds the policy, reporting every problem found.
-    pub fn compile(cfg: &PermissionsConfig) -> Result<Policy, Vec<PolicyError>> {
+    pub fn compile(cfg: &PermissionsConfig) -> Result<Policy, Vec<RuleProblem>> {
         let mut errors = Vec::new();
-        let whole = |message: String| PolicyError { rule: None, message };
+        let whole = |message: String| RuleProblem { rule: None, message };
         let mut roots: Vec<PathBuf> = Vec::new();
         for root in &cfg.roots {
             if !root.is_absolute() {
@@ -220,7 +205,7 @@ impl Policy {
             let rc = spanned.get_ref();
             let name = rc.name.clone().unwrap_or_else(|| format!("rules[{}]", i + 1));
             let mut problem = |message: String| {
-                errors.push(PolicyError {
+                errors.push(RuleProblem {
                     rule: Some(i),
                     message: format!("permissions rule {name:?}: {message}"),
                 })
@@ -282,7 +267,7 @@ impl Policy {
                 remediate: rc.remediate,
             });
         }
-        let build = |b: GlobSetBuilder, errors: &mut Vec<PolicyError>| match b.build() {
+        let build = |b: GlobSetBuilder, errors: &mut Vec<RuleProblem>| match b.build() {
             Ok(set) => set,
             Err(e) => {
                 errors.push(whole(format!("permissions: globs could not be compiled: {e}")));
@@ -478,11 +463,19 @@ pub fn looks_secret(path: &Path) -> bool {
 
 #[cfg(test)]
 mod tests {
+    /// The policy's own check, as the job registry hands it to config.
+    fn checks() -> crate::config::LoadChecks<'static> {
+        crate::config::LoadChecks {
+            jobs: &[],
+            permission_rules: |p| Policy::compile(p).map(drop),
+        }
+    }
+
     use super::*;
 
     fn policy(toml_text: &str, root: &Path) -> Policy {
         let text = toml_text.replace("ROOT", &root.display().to_string());
-        let cfg = crate::config::Config::from_toml(Path::new("t.toml"), &text).unwrap();
+        let cfg = crate::config::Config::from_toml(Path::new("t.toml"), &text, &checks()).unwrap();
         Policy::compile(&cfg.permissions).unwrap()
     }
 
@@ -570,7 +563,7 @@ mode = "0600"
             "[permissions]\nroots = [\"{}\", \"/etc/hostname\"]\n[[permissions.rules]]\npaths = [\"/elsewhere/x\", \"a[\"]\nowner = \"no-such-user-kw\"\n",
             dir.path().display()
         );
-        let err = crate::config::Config::from_toml(Path::new("t.toml"), &text).unwrap_err();
+        let err = crate::config::Config::from_toml(Path::new("t.toml"), &text, &checks()).unwrap_err();
         let all = err.to_string();
         assert!(all.contains("/etc/hostname is not a directory"), "{all}");
         assert!(all.contains("not under any of permissions.roots"), "{all}");

@@ -10,9 +10,9 @@
 
 use std::path::Path;
 
-use super::inode::{Inode, InodeKind};
 use super::policy::Policy;
-use super::safe_fs;
+use crate::sys::inode::{Inode, InodeKind};
+use crate::sys::safe_fs;
 
 /// What an attempt did.
 #[derive(Debug, Clone, PartialEq, Eq)]

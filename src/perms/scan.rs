@@ -9,9 +9,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex};
 
-use super::inode::{Inode, InodeKind};
 use super::policy::{Policy, Verdict};
-use super::safe_fs;
+use crate::sys::inode::{Inode, InodeKind};
+use crate::sys::safe_fs;
 
 /// A path that does not comply, as found.
 #[derive(Debug, Clone)]

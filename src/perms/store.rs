@@ -15,12 +15,12 @@ use diesel::prelude::*;
 use serde::Serialize;
 use tracing::{info, warn};
 
-use super::inode::Inode;
 use super::policy::Verdict;
 use super::remediate::Remedy;
 use super::scan::ScanReport;
 use crate::db::schema::{permission_drift, permission_events};
 use crate::db::DbConnection;
+use crate::sys::inode::Inode;
 use crate::telemetry::message_ids;
 
 /// Event actions as stored.

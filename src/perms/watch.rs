@@ -25,12 +25,12 @@ use notify::{RecursiveMode, Watcher};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::inode::InodeKind;
 use super::policy::Policy;
 use super::store::{self, Observation};
 use super::{digest, log_scan, scan, scan_and_fix, Fix};
 use crate::config::Config;
 use crate::db::{Database, DbConnection};
+use crate::sys::inode::InodeKind;
 use crate::telemetry::message_ids;
 
 /// How long a batch keeps collecting after its first event. Short: the
@@ -361,9 +361,9 @@ impl Session {
             let Some(root) = self.policy.root_of(&path).map(Path::to_path_buf) else {
                 continue;
             };
-            let looked = super::safe_fs::lstat_beneath(&root, &path);
+            let looked = crate::sys::safe_fs::lstat_beneath(&root, &path);
             let looked = match looked {
-                Err(e) if super::safe_fs::is_outside(&e) => {
+                Err(e) if crate::sys::safe_fs::is_outside(&e) => {
                     debug!(
                         "watch-perms: {} is reached through a symlink now; not followed",
                         path.display()

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{NaiveDateTime, TimeDelta};
 use diesel::prelude::*;
-use keywarden::config::{Config, Secrets};
+use keywarden::config::Secrets;
 use keywarden::db::schema::{api_keys, users};
 use keywarden::db::{Database, DbConnection};
 
@@ -120,8 +120,9 @@ impl TestDb {
     }
 
     pub fn database(&self) -> Database {
-        let cfg = Config::from_toml(Path::new("test.toml"), &format!("[database]\nurl = \"{}\"\n", self.url))
-            .expect("test config");
+        let cfg =
+            keywarden::jobs::config_from_toml(Path::new("test.toml"), &format!("[database]\nurl = \"{}\"\n", self.url))
+                .expect("test config");
         Database::new(&cfg.database, &Secrets::default())
     }
 

@@ -4,8 +4,6 @@
 use std::ffi::CString;
 use std::io;
 
-use crate::config::permissions::IdSpec;
-
 /// Whether an id names a user or a group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IdKind {
@@ -13,25 +11,19 @@ pub enum IdKind {
     Group,
 }
 
-/// The numeric id a configured user or group stands for; the error says
-/// which name is unknown.
-pub fn resolve(spec: &IdSpec, kind: IdKind) -> Result<u32, String> {
-    let what = match kind {
-        IdKind::User => "user",
-        IdKind::Group => "group",
-    };
-    match spec {
-        IdSpec::Id(id) => Ok(*id),
-        IdSpec::Name(name) => {
-            let found = match kind {
-                IdKind::User => user_id(name),
-                IdKind::Group => group_id(name),
-            };
-            match found {
-                Ok(Some(id)) => Ok(id),
-                Ok(None) => Err(format!("no {what} named {name:?} on this machine")),
-                Err(e) => Err(format!("looking up {what} {name:?} failed: {e}")),
-            }
+impl IdKind {
+    pub fn noun(self) -> &'static str {
+        match self {
+            IdKind::User => "user",
+            IdKind::Group => "group",
+        }
+    }
+
+    /// The id of a name of this kind; `None` when there is none.
+    pub fn lookup(self, name: &str) -> io::Result<Option<u32>> {
+        match self {
+            IdKind::User => user_id(name),
+            IdKind::Group => group_id(name),
         }
     }
 }

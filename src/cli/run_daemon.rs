@@ -38,7 +38,17 @@ pub fn run(path: &Path) -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    let exit = runtime.block_on(daemon::run(path.to_path_buf(), config, database, telemetry));
+    let exit = runtime.block_on(async {
+        // Handlers go in before anything else, so a reload or stop arriving
+        // during startup is never the default action (which would kill us).
+        match daemon::signals::install() {
+            Ok(signals) => daemon::run(path.to_path_buf(), config, database, telemetry, signals).await,
+            Err(e) => {
+                tracing::error!("cannot install signal handlers: {e}");
+                Exit::Failed
+            }
+        }
+    });
     // Do not wait for blocking job threads here: on a clean stop they are
     // already done, and after a timeout or a second signal we must not wait.
     runtime.shutdown_background();
