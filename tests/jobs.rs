@@ -21,6 +21,7 @@ both_backends!(
     a_crashed_run_is_closed_as_interrupted_by_the_next,
     a_per_host_job_closes_only_its_own_hosts_abandoned_runs,
     migrate_is_idempotent_and_status_reports,
+    certs_renew_skips_while_a_renewal_holds_the_lock,
 );
 
 /// The lease exists on SQLite only (PostgreSQL's advisory lock goes with the
@@ -389,4 +390,70 @@ fn migrate_is_idempotent_and_status_reports(backend: Backend) {
     } else {
         "postgres://"
     }));
+}
+
+/// `keywarden certs renew` takes the renew-certs lock like the job's runs:
+/// while another process (here, this test's connection or lease) holds it,
+/// the command renews nothing and says it skipped, exit 75.
+fn certs_renew_skips_while_a_renewal_holds_the_lock(backend: Backend) {
+    let db = TestDb::new(backend);
+    let mut conn = db.conn();
+    let webroot = db.path().join("www");
+    std::fs::create_dir_all(&webroot).unwrap();
+    let config = db.write_config(
+        "k.toml",
+        &format!(
+            "[acme]\ndirectory = \"https://acme.invalid/directory\"\nterms_agreed = true\n\n\
+             [[certificates]]\nname = \"site\"\ndomains = [\"site.example.org\"]\n\
+             challenge = {{ type = \"http-01\", webroot = \"{}\" }}\n\
+             cert_file = \"{}\"\nkey_file = \"{}\"\n",
+            webroot.display(),
+            db.path().join("tls/site.pem").display(),
+            db.path().join("tls/site.key").display(),
+        ),
+    );
+    let check = keywarden(&config, &["check-config"]);
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    let renew = || {
+        let out = keywarden(&config, &["certs", "renew", "site"]);
+        assert_eq!(
+            out.status.code(),
+            Some(75),
+            "stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stderr).contains("skipped"));
+    };
+    match backend {
+        Backend::Postgres => {
+            let mut other = db.database().connect().unwrap();
+            let keywarden::db::DbConnection::Postgres(pg) = &mut other else {
+                unreachable!()
+            };
+            pg.transaction::<_, diesel::result::Error, _>(|pg| {
+                let got: bool = diesel::select(keywarden::db::lock::pg_try_advisory_xact_lock(
+                    keywarden::db::lock::lock_key("renew-certs"),
+                ))
+                .get_result(pg)?;
+                assert!(got);
+                renew();
+                Ok(())
+            })
+            .unwrap();
+        }
+        Backend::Sqlite => {
+            let now = keywarden::db::now();
+            diesel::insert_into(job_leases::table)
+                .values((
+                    job_leases::job.eq("renew-certs"),
+                    job_leases::holder.eq("otherhost:4242:run"),
+                    job_leases::acquired_at.eq(now),
+                    job_leases::expires_at.eq(now + TimeDelta::minutes(5)),
+                ))
+                .execute(&mut conn)
+                .unwrap();
+            renew();
+        }
+    }
+    assert!(!db.path().join("tls/site.pem").exists(), "nothing was installed");
 }
