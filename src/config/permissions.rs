@@ -274,6 +274,21 @@ impl Default for PermissionsConfig {
     }
 }
 
+impl super::Section for PermissionsConfig {
+    /// The policy's own rules are checked by the caller's
+    /// [`super::LoadChecks::permission_rules`].
+    fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.alert_interval.as_duration().as_secs() < 60 {
+            out.push("permissions.alert_interval must be at least 1m".into());
+        }
+        if self.fallback_rescan.as_duration().as_secs() < 10 {
+            out.push("permissions.fallback_rescan must be at least 10s".into());
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
