@@ -27,6 +27,7 @@ pub mod render;
 pub mod send_error;
 pub mod smtp;
 pub mod transport;
+mod wire;
 
 /// Subject kinds as stored.
 pub mod kind {
