@@ -16,7 +16,7 @@ use super::{connect_current, load_config, open_database, EXIT_FAILURE, EXIT_USAG
 use crate::config::duration::parse_duration;
 use crate::keys::format::MAX_KEY_LEN;
 use crate::keys::model::ApiKey;
-use crate::keys::service::{list, usage, CreateKey, KeyService, ListFilter, SortColumn};
+use crate::keys::service::{list, usage, CreateKey, KeyService, ListFilter, ListedKey, SortColumn, UsageReport};
 use crate::keys::{VerifyOutcome, VerifyRequest};
 
 #[derive(Debug, Subcommand)]
@@ -103,6 +103,25 @@ fn duration_arg(flag: &str, value: Option<&str>) -> Result<Option<Duration>, Exi
     }
 }
 
+/// A result printed as JSON (`--json`) or as text, or its error (exit 1).
+fn report<T: serde::Serialize, E: std::fmt::Display>(
+    result: Result<T, E>,
+    json: bool,
+    text: impl FnOnce(&T),
+) -> ExitCode {
+    match result {
+        Ok(value) if json => {
+            println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Ok(value) => {
+            text(&value);
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
 fn fail(e: impl std::fmt::Display) -> ExitCode {
     eprintln!("error: {e}");
     ExitCode::from(EXIT_FAILURE)
@@ -112,20 +131,23 @@ fn ts(t: chrono::NaiveDateTime) -> String {
     t.format("%Y-%m-%d %H:%M:%SZ").to_string()
 }
 
-pub fn run(path: &Path, cmd: KeysCommand) -> ExitCode {
-    let config = match load_config(path) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    // Parse arguments before touching the database.
+/// What `keys` commands take from their arguments and stdin.
+struct Parsed {
+    expires_in: Option<Duration>,
+    grace: Option<Duration>,
+    sort: Option<SortColumn>,
+    presented: Option<crate::config::Secret>,
+}
+
+fn parse_before_connecting(cmd: &KeysCommand) -> Result<Parsed, ExitCode> {
     let (expires_in, grace) = match &cmd {
         KeysCommand::Create { expires_in, .. } => match duration_arg("expires-in", expires_in.as_deref()) {
             Ok(d) => (d, None),
-            Err(code) => return code,
+            Err(code) => return Err(code),
         },
         KeysCommand::Rotate { grace, .. } => match duration_arg("grace", grace.as_deref()) {
             Ok(d) => (None, d),
-            Err(code) => return code,
+            Err(code) => return Err(code),
         },
         _ => (None, None),
     };
@@ -134,7 +156,7 @@ pub fn run(path: &Path, cmd: KeysCommand) -> ExitCode {
             Ok(c) => Some(c),
             Err(e) => {
                 eprintln!("error: --sort: {e}");
-                return ExitCode::from(EXIT_USAGE);
+                return Err(ExitCode::from(EXIT_USAGE));
             }
         },
         _ => None,
@@ -144,10 +166,33 @@ pub fn run(path: &Path, cmd: KeysCommand) -> ExitCode {
             Ok(k) => Some(k),
             Err(e) => {
                 eprintln!("error: {e}");
-                return ExitCode::from(EXIT_FAILURE);
+                return Err(ExitCode::from(EXIT_FAILURE));
             }
         },
         _ => None,
+    };
+    Ok(Parsed {
+        expires_in,
+        grace,
+        sort,
+        presented,
+    })
+}
+
+pub fn run(path: &Path, cmd: KeysCommand) -> ExitCode {
+    let config = match load_config(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    // Arguments are parsed before the database is touched.
+    let Parsed {
+        expires_in,
+        grace,
+        sort,
+        presented,
+    } = match parse_before_connecting(&cmd) {
+        Ok(p) => p,
+        Err(code) => return code,
     };
     let mut conn = match open_database(&config).and_then(|db| connect_current(&db)) {
         Ok(c) => c,
@@ -193,44 +238,9 @@ pub fn run(path: &Path, cmd: KeysCommand) -> ExitCode {
                 sort,
                 descending: desc,
             };
-            match list(&mut conn, &filter) {
-                Ok(keys) if json => {
-                    println!("{}", serde_json::to_string_pretty(&keys).unwrap_or_default());
-                    ExitCode::SUCCESS
-                }
-                Ok(keys) => {
-                    println!(
-                        "{:<30}  {:<9}  {:<24}  {:<28}  {:<20}  {:>6}  LAST USED",
-                        "PREFIX", "STATUS", "NAME", "OWNER", "EXPIRES", "USES"
-                    );
-                    for k in keys {
-                        println!(
-                            "{:<30}  {:<9}  {:<24}  {:<28}  {:<20}  {:>6}  {}",
-                            k.key.prefix,
-                            k.key.status,
-                            printable(&k.key.name.chars().take(24).collect::<String>()),
-                            printable(&k.owner_email.chars().take(28).collect::<String>()),
-                            ts(k.key.expires_at),
-                            k.key.usage_count,
-                            k.key.last_used_at.map(ts).unwrap_or_else(|| "-".into())
-                        );
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(e),
-            }
+            report(list(&mut conn, &filter), json, |keys| print_key_table(keys))
         }
-        KeysCommand::Show { prefix, json } => match KeyService::find(&mut conn, &prefix) {
-            Ok(k) if json => {
-                println!("{}", serde_json::to_string_pretty(&k).unwrap_or_default());
-                ExitCode::SUCCESS
-            }
-            Ok(k) => {
-                show(&k);
-                ExitCode::SUCCESS
-            }
-            Err(e) => fail(e),
-        },
+        KeysCommand::Show { prefix, json } => report(KeyService::find(&mut conn, &prefix), json, show),
         KeysCommand::Rotate { prefix, .. } => match service.rotate(&mut conn, &prefix, grace, &actor("keys rotate")) {
             Ok(r) => {
                 print_new_key(&r.new.key, r.new.full_key.expose());
@@ -256,85 +266,111 @@ pub fn run(path: &Path, cmd: KeysCommand) -> ExitCode {
                 Err(e) => fail(e),
             }
         }
-        KeysCommand::Usage { prefix, recent, json } => match usage(&mut conn, &prefix, recent) {
-            Ok(u) if json => {
-                println!("{}", serde_json::to_string_pretty(&u).unwrap_or_default());
-                ExitCode::SUCCESS
-            }
-            Ok(u) => {
-                println!("Key:          {} ({})", u.prefix, u.status);
-                println!("Total uses:   {}", u.total_uses);
-                println!(
-                    "Last used:    {}",
-                    u.last_used_at.map(ts).unwrap_or_else(|| "never".into())
-                );
-                match u.success_rate {
-                    Some(rate) => println!(
-                        "Success rate: {rate:.1}% ({} ok, {} failed verifications)",
-                        u.successful_verifications, u.failed_verifications
-                    ),
-                    None => println!("Success rate: no verifications recorded"),
-                }
-                println!("Recent events:");
-                for e in u.recent_events {
-                    println!(
-                        "  {}  {:<13}  {}{}{}",
-                        ts(e.created_at),
-                        e.event,
-                        printable(&e.actor),
-                        e.reason
-                            .map(|r| format!("  reason: {}", printable(&r)))
-                            .unwrap_or_default(),
-                        e.ip.map(|ip| format!("  ip: {ip}")).unwrap_or_default()
-                    );
-                }
-                ExitCode::SUCCESS
-            }
-            Err(e) => fail(e),
-        },
+        KeysCommand::Usage { prefix, recent, json } => report(usage(&mut conn, &prefix, recent), json, print_usage),
         KeysCommand::Verify { ip, scopes, json } => {
             let presented = presented.unwrap_or_else(|| crate::config::Secret::new(String::new()));
-            let scope_refs: Vec<&str> = scopes.iter().map(String::as_str).collect();
-            let actor = actor("keys verify");
-            let req = VerifyRequest {
-                ip,
-                required_scopes: &scope_refs,
-                user_agent: None,
-                endpoint: None,
-                actor: &actor,
-            };
-            let outcome = service.verify(&mut conn, presented.expose(), &req);
-            match outcome {
-                Ok(outcome) => {
-                    if json {
-                        println!("{}", serde_json::to_string_pretty(&outcome).unwrap_or_default());
-                    }
-                    match outcome {
-                        VerifyOutcome::Valid(v) => {
-                            if !json {
-                                let grace = v
-                                    .grace_ends_at
-                                    .map(|g| format!("; rotating: works until {}", ts(g)))
-                                    .unwrap_or_default();
-                                println!(
-                                    "valid: {} (owner id {}, scopes [{}]){grace}",
-                                    v.prefix,
-                                    v.owner_id,
-                                    v.scopes.join(", ")
-                                );
-                            }
-                            ExitCode::SUCCESS
-                        }
-                        VerifyOutcome::Refused(r) => {
-                            if !json {
-                                println!("refused: {}", r.as_reason());
-                            }
-                            ExitCode::from(EXIT_FAILURE)
-                        }
-                    }
-                }
-                Err(e) => fail(e),
+            verify(&service, &mut conn, &presented, ip, &scopes, json)
+        }
+    }
+}
+
+/// `keys list` as a table.
+fn print_key_table(keys: &[ListedKey]) {
+    println!(
+        "{:<30}  {:<9}  {:<24}  {:<28}  {:<20}  {:>6}  LAST USED",
+        "PREFIX", "STATUS", "NAME", "OWNER", "EXPIRES", "USES"
+    );
+    for k in keys {
+        println!(
+            "{:<30}  {:<9}  {:<24}  {:<28}  {:<20}  {:>6}  {}",
+            k.key.prefix,
+            k.key.status,
+            printable(&k.key.name.chars().take(24).collect::<String>()),
+            printable(&k.owner_email.chars().take(28).collect::<String>()),
+            ts(k.key.expires_at),
+            k.key.usage_count,
+            k.key.last_used_at.map(ts).unwrap_or_else(|| "-".into())
+        );
+    }
+}
+
+/// `keys usage` as text.
+fn print_usage(u: &UsageReport) {
+    println!("Key:          {} ({})", u.prefix, u.status);
+    println!("Total uses:   {}", u.total_uses);
+    println!(
+        "Last used:    {}",
+        u.last_used_at.map(ts).unwrap_or_else(|| "never".into())
+    );
+    match u.success_rate {
+        Some(rate) => println!(
+            "Success rate: {rate:.1}% ({} ok, {} failed verifications)",
+            u.successful_verifications, u.failed_verifications
+        ),
+        None => println!("Success rate: no verifications recorded"),
+    }
+    println!("Recent events:");
+    for e in &u.recent_events {
+        println!(
+            "  {}  {:<13}  {}{}{}",
+            ts(e.created_at),
+            e.event,
+            printable(&e.actor),
+            e.reason
+                .as_ref()
+                .map(|r| format!("  reason: {}", printable(r)))
+                .unwrap_or_default(),
+            e.ip.as_ref().map(|ip| format!("  ip: {ip}")).unwrap_or_default()
+        );
+    }
+}
+
+/// `keys verify`: exit 0 for a valid key, 1 for a refusal.
+fn verify(
+    service: &KeyService,
+    conn: &mut crate::db::DbConnection,
+    presented: &crate::config::Secret,
+    ip: Option<IpAddr>,
+    scopes: &[String],
+    json: bool,
+) -> ExitCode {
+    let scope_refs: Vec<&str> = scopes.iter().map(String::as_str).collect();
+    let actor = actor("keys verify");
+    let req = VerifyRequest {
+        ip,
+        required_scopes: &scope_refs,
+        user_agent: None,
+        endpoint: None,
+        actor: &actor,
+    };
+    let outcome = match service.verify(conn, presented.expose(), &req) {
+        Ok(outcome) => outcome,
+        Err(e) => return fail(e),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&outcome).unwrap_or_default());
+    }
+    match outcome {
+        VerifyOutcome::Valid(v) => {
+            if !json {
+                let grace = v
+                    .grace_ends_at
+                    .map(|g| format!("; rotating: works until {}", ts(g)))
+                    .unwrap_or_default();
+                println!(
+                    "valid: {} (owner id {}, scopes [{}]){grace}",
+                    v.prefix,
+                    v.owner_id,
+                    v.scopes.join(", ")
+                );
             }
+            ExitCode::SUCCESS
+        }
+        VerifyOutcome::Refused(r) => {
+            if !json {
+                println!("refused: {}", r.as_reason());
+            }
+            ExitCode::from(EXIT_FAILURE)
         }
     }
 }

@@ -175,39 +175,7 @@ pub fn run(path: &Path, json: bool) -> ExitCode {
         Ok(d) => d,
         Err(code) => return code,
     };
-    let collected = (|| -> Result<Status, String> {
-        let mut conn = database.connect().map_err(|e| e.to_string())?;
-        let pending = migrate::pending(&mut conn).map_err(|e| e.to_string())?;
-        let db_error = |e: diesel::result::Error| format!("database error: {}", crate::db::describe_error(&e));
-        let (jobs, keys, notifications, permissions, certificates) = if pending.is_empty() {
-            (
-                collect_jobs(&config, &mut conn).map_err(|e| e.to_string())?,
-                Some(summary(&mut conn).map_err(|e| e.to_string())?),
-                Some(
-                    crate::notify::outbox::counts(&mut conn)
-                        .map_err(|e| format!("database error: {}", crate::db::describe_error(&e)))?
-                        .into_iter()
-                        .collect(),
-                ),
-                Some(collect_drift(&config, &mut conn).map_err(db_error)?),
-                Some(crate::acme::store::list(&mut conn).map_err(db_error)?),
-            )
-        } else {
-            (Vec::new(), None, None, None, None)
-        };
-        Ok(Status {
-            database: DatabaseStatus {
-                backend: config.database.url.backend_name(),
-                url: database.describe(),
-                pending_migrations: pending,
-            },
-            jobs,
-            keys,
-            notifications,
-            permissions,
-            certificates,
-        })
-    })();
+    let collected = collect(&config, &database);
     let status = match collected {
         Ok(s) => s,
         Err(e) => {
@@ -219,6 +187,47 @@ pub fn run(path: &Path, json: bool) -> ExitCode {
         println!("{}", serde_json::to_string_pretty(&status).unwrap_or_default());
         return ExitCode::SUCCESS;
     }
+    print_text(&status);
+    ExitCode::SUCCESS
+}
+
+/// Everything `status` reports, read in one connection.
+fn collect(config: &crate::config::Config, database: &crate::db::Database) -> Result<Status, String> {
+    let mut conn = database.connect().map_err(|e| e.to_string())?;
+    let pending = migrate::pending(&mut conn).map_err(|e| e.to_string())?;
+    let db_error = |e: diesel::result::Error| format!("database error: {}", crate::db::describe_error(&e));
+    let (jobs, keys, notifications, permissions, certificates) = if pending.is_empty() {
+        (
+            collect_jobs(config, &mut conn).map_err(|e| e.to_string())?,
+            Some(summary(&mut conn).map_err(|e| e.to_string())?),
+            Some(
+                crate::notify::outbox::counts(&mut conn)
+                    .map_err(|e| format!("database error: {}", crate::db::describe_error(&e)))?
+                    .into_iter()
+                    .collect(),
+            ),
+            Some(collect_drift(config, &mut conn).map_err(db_error)?),
+            Some(crate::acme::store::list(&mut conn).map_err(db_error)?),
+        )
+    } else {
+        (Vec::new(), None, None, None, None)
+    };
+    Ok(Status {
+        database: DatabaseStatus {
+            backend: config.database.url.backend_name(),
+            url: database.describe(),
+            pending_migrations: pending,
+        },
+        jobs,
+        keys,
+        notifications,
+        permissions,
+        certificates,
+    })
+}
+
+/// The status as text, one block per concern.
+fn print_text(status: &Status) {
     println!("Database: {} ({})", status.database.url, status.database.backend);
     if status.database.pending_migrations.is_empty() {
         println!("Schema: up to date");
@@ -227,94 +236,113 @@ pub fn run(path: &Path, json: bool) -> ExitCode {
             "Schema: {} pending migration(s); the daemon applies them at start, or run `keywarden migrate`",
             status.database.pending_migrations.len()
         );
-        return ExitCode::SUCCESS;
+        return;
     }
     println!();
     println!("Jobs:");
     print_jobs_table(&status.jobs);
     if let Some(k) = &status.keys {
-        println!();
-        println!("Keys:");
-        println!(
-            "  active {}, rotating {}, revoked {}, expired {}; {} active key(s) expire within 7 days",
-            k.active, k.rotating, k.revoked, k.expired, k.expiring_within_7d
-        );
-        for (prefix, ends) in &k.in_grace {
-            println!("  in grace: {prefix} until {}", ts(*ends));
-        }
+        print_keys(k);
     }
     if let Some(n) = &status.notifications {
-        let get = |k: &str| n.get(k).copied().unwrap_or(0);
-        println!();
-        println!("Notifications:");
-        println!(
-            "  pending {}, sending {}, sent {}, failed {}, cancelled {}, skipped {}",
-            get("pending"),
-            get("sending"),
-            get("sent"),
-            get("failed"),
-            get("cancelled"),
-            get("skipped")
-        );
-        if get("failed") > 0 {
-            println!("  failed notifications: keywarden notifications list --status failed");
-        }
+        print_notifications(n);
     }
     if let Some(p) = &status.permissions {
-        println!();
-        println!("Permission drift:");
-        if p.roots.is_empty() {
-            println!("  no permissions.roots configured");
-        } else {
-            println!("  watching {}", p.roots.join(", "));
-        }
-        println!(
-            "  {} open drift(s); last event {}",
-            p.open.len(),
-            p.last_event_at.as_deref().unwrap_or("never")
-        );
-        for d in p.open.iter().take(20) {
-            println!(
-                "  {} {}: found {:04o} uid {} gid {}; expected {}{}",
-                d.host,
-                d.path,
-                d.found_mode,
-                d.found_uid,
-                d.found_gid,
-                d.expected,
-                if d.refused.is_some() {
-                    " (remediation refused)"
-                } else {
-                    ""
-                }
-            );
-        }
-        if p.open.len() > 20 {
-            println!("  … and {} more: keywarden perms events", p.open.len() - 20);
-        }
+        print_permissions(p);
     }
     if let Some(certs) = &status.certificates {
-        println!();
-        println!("Certificates:");
-        if certs.is_empty() {
-            println!("  none configured");
-        }
-        let now = crate::db::now();
-        for c in certs {
-            let left = c
-                .not_after
-                .map(|t| format!("{:.1} days left", (t - now).num_minutes() as f64 / 1440.0))
-                .unwrap_or_else(|| "not issued yet".into());
-            println!(
-                "  {} ({}): {left}{}",
-                c.name,
-                c.kind,
-                c.last_error
-                    .as_ref()
-                    .map(|e| format!("; last error: {}", e.chars().take(120).collect::<String>()))
-                    .unwrap_or_default()
-            );
-        }
+        print_certificates(certs);
     }
-    ExitCode::SUCCESS
+}
+
+/// The keys block.
+fn print_keys(k: &KeysSummary) {
+    println!();
+    println!("Keys:");
+    println!(
+        "  active {}, rotating {}, revoked {}, expired {}; {} active key(s) expire within 7 days",
+        k.active, k.rotating, k.revoked, k.expired, k.expiring_within_7d
+    );
+    for (prefix, ends) in &k.in_grace {
+        println!("  in grace: {prefix} until {}", ts(*ends));
+    }
+}
+
+/// The outbox block.
+fn print_notifications(n: &std::collections::BTreeMap<String, i64>) {
+    let get = |k: &str| n.get(k).copied().unwrap_or(0);
+    println!();
+    println!("Notifications:");
+    println!(
+        "  pending {}, sending {}, sent {}, failed {}, cancelled {}, skipped {}",
+        get("pending"),
+        get("sending"),
+        get("sent"),
+        get("failed"),
+        get("cancelled"),
+        get("skipped")
+    );
+    if get("failed") > 0 {
+        println!("  failed notifications: keywarden notifications list --status failed");
+    }
+}
+
+/// The permission drift block.
+fn print_permissions(p: &DriftStatus) {
+    println!();
+    println!("Permission drift:");
+    if p.roots.is_empty() {
+        println!("  no permissions.roots configured");
+    } else {
+        println!("  watching {}", p.roots.join(", "));
+    }
+    println!(
+        "  {} open drift(s); last event {}",
+        p.open.len(),
+        p.last_event_at.as_deref().unwrap_or("never")
+    );
+    for d in p.open.iter().take(20) {
+        println!(
+            "  {} {}: found {:04o} uid {} gid {}; expected {}{}",
+            d.host,
+            d.path,
+            d.found_mode,
+            d.found_uid,
+            d.found_gid,
+            d.expected,
+            if d.refused.is_some() {
+                " (remediation refused)"
+            } else {
+                ""
+            }
+        );
+    }
+    if p.open.len() > 20 {
+        println!("  … and {} more: keywarden perms events", p.open.len() - 20);
+    }
+}
+
+/// The certificates block.
+fn print_certificates(certs: &[crate::acme::store::CertRow]) {
+    println!();
+    println!("Certificates:");
+    if certs.is_empty() {
+        println!("  none configured");
+    }
+    let now = crate::db::now();
+    for c in certs {
+        let left = c
+            .not_after
+            .map(|t| format!("{:.1} days left", (t - now).num_minutes() as f64 / 1440.0))
+            .unwrap_or_else(|| "not issued yet".into());
+        println!(
+            "  {} ({}): {left}{}",
+            c.name,
+            c.kind,
+            c.last_error
+                .as_ref()
+                .map(|e| format!("; last error: {}", e.chars().take(120).collect::<String>()))
+                .unwrap_or_default()
+        );
+    }
 }
