@@ -11,8 +11,10 @@
 //!   keeping the previous pair; [`hooks`] runs the deploy hook.
 //! - [`monitor`] reads certificates keywarden does not issue, from a file
 //!   or a live `host:port`.
-//! - [`store`] is the `certificates` table; [`renew`] ties it together for
-//!   the `renew-certs` job and the `certs` commands.
+//! - [`store`] is the `certificates` table; [`decide`] is what a pass does
+//!   with one certificate, a pure function of its state and the time;
+//!   [`renew`] reads the state, carries the decision out, for the
+//!   `renew-certs` job and the `certs` commands.
 //!
 //! Imports: notify (admin alerts), sys (owners of installed files), db,
 //! telemetry, config.
@@ -20,6 +22,7 @@
 pub mod certinfo;
 pub mod challenge;
 pub mod client;
+pub mod decide;
 pub mod hooks;
 pub mod install;
 pub mod monitor;

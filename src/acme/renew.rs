@@ -20,6 +20,8 @@ use tracing::{error, info, warn};
 
 use super::certinfo::{self, CertInfo};
 use super::client::{self, Issued};
+use super::decide::{decide, CertState, Decision};
+pub use super::decide::{Mode, Outcome};
 use super::install::{self, Target};
 use super::store::{self, kind, CertRow};
 use super::{hooks, monitor, timing, AcmeError};
@@ -35,50 +37,6 @@ use crate::sys::ids;
 /// certificate.
 const ARI_POLL: chrono::TimeDelta = chrono::TimeDelta::hours(6);
 
-/// What happened to one certificate in a pass.
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "outcome", rename_all = "kebab-case")]
-pub enum Outcome {
-    Renewed {
-        serial: String,
-        not_after: NaiveDateTime,
-    },
-    NotDue {
-        renew_at: NaiveDateTime,
-    },
-    /// A failed attempt's back-off has not run out.
-    Waiting {
-        next_attempt_at: NaiveDateTime,
-        last_error: String,
-    },
-    Failed {
-        error: String,
-    },
-    /// Installed, but its deploy hook failed.
-    DeployFailed {
-        error: String,
-    },
-    Monitored {
-        not_after: NaiveDateTime,
-    },
-    Unreadable {
-        error: String,
-    },
-}
-
-impl Outcome {
-    /// Whether `certs check` counts this as a problem.
-    pub fn is_failing(&self) -> bool {
-        matches!(
-            self,
-            Outcome::Waiting { .. }
-                | Outcome::Failed { .. }
-                | Outcome::DeployFailed { .. }
-                | Outcome::Unreadable { .. }
-        )
-    }
-}
-
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub name: String,
@@ -87,17 +45,6 @@ pub struct Report {
     pub outcome: Outcome,
     /// The certificate in place after the pass, if any.
     pub not_after: Option<NaiveDateTime>,
-}
-
-/// Whether a pass may contact the CA.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// Renew what is due.
-    Renew,
-    /// Renew now, due or not (`certs renew NAME --force`).
-    Force,
-    /// Only read and report (`certs check`).
-    CheckOnly,
 }
 
 fn exact(mode: ModeSpec) -> u32 {
@@ -257,50 +204,17 @@ impl Session<'_> {
                 }
             }
         }
-        if mode == Mode::CheckOnly {
-            let outcome = match (&reason, &row.last_error, row.next_attempt_at) {
-                (_, Some(e), Some(next)) if row.failures > 0 => Outcome::Waiting {
-                    next_attempt_at: next,
-                    last_error: e.clone(),
-                },
-                (_, Some(e), _) => Outcome::DeployFailed { error: e.clone() },
-                (Some(r), _, _) => Outcome::Failed { error: r.clone() },
-                (None, None, _) => Outcome::NotDue {
-                    renew_at: renew_at.unwrap_or(now),
-                },
-            };
-            return Ok(report(outcome, current_not_after));
-        }
-        let due = match (&reason, mode) {
-            (Some(_), _) | (_, Mode::Force) => true,
-            _ => renew_at.is_some_and(|at| now >= at),
+        let state = CertState {
+            replace_now: reason.as_deref(),
+            renew_at,
+            failures: row.failures,
+            next_attempt_at: row.next_attempt_at,
+            last_error: row.last_error.as_deref(),
         };
-        if mode != Mode::Force && row.failures > 0 {
-            if let Some(next) = row.next_attempt_at.filter(|n| *n > now) {
-                return Ok(report(
-                    Outcome::Waiting {
-                        next_attempt_at: next,
-                        last_error: row.last_error.clone().unwrap_or_default(),
-                    },
-                    current_not_after,
-                ));
-            }
-        }
-        if !due {
-            return Ok(report(
-                Outcome::NotDue {
-                    renew_at: renew_at.unwrap_or(now),
-                },
-                current_not_after,
-            ));
-        }
-        let why = reason.clone().unwrap_or_else(|| {
-            if mode == Mode::Force {
-                "renewal forced".into()
-            } else {
-                "renewal is due".into()
-            }
-        });
+        let why = match decide(&state, mode, now) {
+            Decision::Report(outcome) => return Ok(report(outcome, current_not_after)),
+            Decision::Issue { why } => why,
+        };
         info!(cert = %cert.name, "certificate {}: issuing ({why})", cert.name);
         // Name the certificate being replaced when the CA speaks ARI (it may
         // then relax rate limits for the renewal); a CA without ARI would
