@@ -201,64 +201,19 @@ pub fn execute(
     info!(trigger = trigger.as_str(), "job {} started", spec.name);
 
     let lock_name = spec.lock_name(&host);
-    let locked = with_job_lock(
-        db,
-        &mut conn,
-        &lock_name,
-        &holder,
-        |conn, keeper| -> Result<JobReport, JobError> {
-            let started_at = crate::db::now();
-            history::close_abandoned(conn, spec.name, spec.per_host.then_some(host.as_str()), started_at)?;
-            history::record_start(conn, &run_id, spec.name, &host, trigger, started_at)?;
-            let mut ctx = JobContext {
-                conn,
-                config,
-                settings,
-                job: spec.name,
-                run_id: &run_id,
-                started_at,
-                holder: &holder,
-                keeper,
-                stop,
-            };
-            let result = match catch_unwind(AssertUnwindSafe(|| (spec.run)(&mut ctx))) {
-                Ok(r) => r,
-                Err(payload) => Err(JobError::Panicked(panic_message(payload.as_ref()))),
-            };
-            let finished_at = crate::db::now();
-            let recorded = match &result {
-                Ok(report) => history::record_finish(ctx.conn, &run_id, "ok", report.rows_affected, None, finished_at),
-                Err(e) => history::record_finish(ctx.conn, &run_id, "failed", 0, Some(&e.to_string()), finished_at),
-            };
-            let cut_off = recorded.is_err();
-            if let Err(e) = recorded {
-                let (outcome, rows, error) = match &result {
-                    Ok(report) => ("ok", report.rows_affected, None),
-                    Err(e) => ("failed", 0, Some(one_line(&e.to_string()))),
-                };
-                unrecorded::finish_cut_off(&run_id, outcome, rows, error.as_deref(), finished_at);
-                warn!(error = %one_line(&e.to_string()), "could not record the end of run {run_id}; it is recorded once the database answers");
-            }
-            if let (Err(e), false) = (&result, cut_off) {
-                let alerted = crate::notify::alerts::alert_on_repeated_failures(
-                    ctx.conn,
-                    &config.notifications,
-                    spec.name,
-                    &host,
-                    &e.to_string(),
-                    finished_at,
-                );
-                match alerted {
-                    Ok(n) if n > 0 => warn!("job {} keeps failing; the admins will be emailed", spec.name),
-                    Ok(_) => {}
-                    Err(err) => {
-                        warn!(error = %one_line(&err.to_string()), "could not enqueue the admin alert for job {}", spec.name)
-                    }
-                }
-            }
-            result
-        },
-    );
+    let locked = with_job_lock(db, &mut conn, &lock_name, &holder, |conn, keeper| {
+        let run = Run {
+            spec,
+            config,
+            settings,
+            host: &host,
+            run_id: &run_id,
+            trigger,
+            holder: &holder,
+            stop,
+        };
+        run.locked(conn, keeper)
+    });
 
     let duration = started.elapsed();
     match locked {
@@ -297,6 +252,85 @@ pub fn execute(
         Err(e) => {
             let database = e.is_unreachable();
             fail(e.to_string(), database)
+        }
+    }
+}
+
+/// One run of a job, once its lock is held.
+struct Run<'a> {
+    spec: &'a JobSpec,
+    config: &'a Config,
+    settings: &'a JobSettings,
+    host: &'a str,
+    run_id: &'a str,
+    trigger: Trigger,
+    holder: &'a Holder,
+    stop: &'a CancellationToken,
+}
+
+impl Run<'_> {
+    /// Records the start, runs the job (catching a panic), records the
+    /// end, and tells the admins when the job keeps failing.
+    fn locked(&self, conn: &mut DbConnection, keeper: &LockKeeper) -> Result<JobReport, JobError> {
+        let started_at = crate::db::now();
+        let per_host = self.spec.per_host.then_some(self.host);
+        history::close_abandoned(conn, self.spec.name, per_host, started_at)?;
+        history::record_start(conn, self.run_id, self.spec.name, self.host, self.trigger, started_at)?;
+        let mut ctx = JobContext {
+            conn,
+            config: self.config,
+            settings: self.settings,
+            job: self.spec.name,
+            run_id: self.run_id,
+            started_at,
+            holder: self.holder,
+            keeper,
+            stop: self.stop,
+        };
+        let result = match catch_unwind(AssertUnwindSafe(|| (self.spec.run)(&mut ctx))) {
+            Ok(r) => r,
+            Err(payload) => Err(JobError::Panicked(panic_message(payload.as_ref()))),
+        };
+        let recorded = self.record_end(ctx.conn, &result);
+        if let (Err(e), true) = (&result, recorded) {
+            self.alert_if_failing(ctx.conn, &e.to_string());
+        }
+        result
+    }
+
+    /// Writes the end of the run; when the database went away, keeps it
+    /// to be written by the first run that reaches it. Whether it was
+    /// written.
+    fn record_end(&self, conn: &mut DbConnection, result: &Result<JobReport, JobError>) -> bool {
+        let finished_at = crate::db::now();
+        let (outcome, rows, error) = match result {
+            Ok(report) => ("ok", report.rows_affected, None),
+            Err(e) => ("failed", 0, Some(e.to_string())),
+        };
+        let recorded = history::record_finish(conn, self.run_id, outcome, rows, error.as_deref(), finished_at);
+        if let Err(e) = &recorded {
+            let error = error.map(|e| one_line(&e));
+            unrecorded::finish_cut_off(self.run_id, outcome, rows, error.as_deref(), finished_at);
+            warn!(error = %one_line(&e.to_string()), "could not record the end of run {}; it is recorded once the database answers", self.run_id);
+        }
+        recorded.is_ok()
+    }
+
+    /// Enqueues the admins' alert when this failure makes a streak.
+    fn alert_if_failing(&self, conn: &mut DbConnection, error: &str) {
+        let name = self.spec.name;
+        let alerted = crate::notify::alerts::alert_on_repeated_failures(
+            conn,
+            &self.config.notifications,
+            name,
+            self.host,
+            error,
+            crate::db::now(),
+        );
+        match alerted {
+            Ok(n) if n > 0 => warn!("job {name} keeps failing; the admins will be emailed"),
+            Ok(_) => {}
+            Err(err) => warn!(error = %one_line(&err.to_string()), "could not enqueue the admin alert for job {name}"),
         }
     }
 }

@@ -222,21 +222,7 @@ fn record_one(
     events: &mut Vec<NewEvent>,
 ) -> QueryResult<()> {
     match obs {
-        Observation::Clean { path, found } => {
-            let p = path_text(path);
-            let gone: Option<Drift> = delete_drift(conn, host, &p)?;
-            if let Some(d) = gone {
-                let detail = if found.is_some() {
-                    "fixed by someone else".to_string()
-                } else {
-                    "the path no longer exists".to_string()
-                };
-                let mut e = event(host, &p, None, found.as_ref(), action::RESOLVED, Some(detail), now);
-                e.rules = d.rules;
-                e.expected = d.expected;
-                events.push(e);
-            }
-        }
+        Observation::Clean { path, found } => record_clean(conn, host, &path_text(path), found.as_ref(), now, events),
         Observation::Drift {
             path,
             found,
@@ -244,116 +230,164 @@ fn record_one(
             remedy,
         } => {
             let p = path_text(path);
-            if let Some(Remedy::Fixed(after) | Remedy::AlreadyCompliant(after)) = remedy {
-                // Put back: no open drift remains. Record the detection too
-                // unless it was recorded earlier.
-                let was_open = delete_drift(conn, host, &p)?.is_some();
-                if !was_open {
-                    events.push(event(host, &p, Some(verdict), Some(found), action::DETECTED, None, now));
+            match remedy {
+                Some(Remedy::Fixed(after) | Remedy::AlreadyCompliant(after)) => {
+                    let fixed = matches!(remedy, Some(Remedy::Fixed(_)));
+                    record_put_back(conn, host, &p, found, verdict, after, fixed, now, events)
                 }
-                let fixed = matches!(remedy, Some(Remedy::Fixed(_)));
-                events.push(event(
-                    host,
-                    &p,
-                    Some(verdict),
-                    Some(after),
-                    if fixed { action::REMEDIATED } else { action::RESOLVED },
-                    Some(format!(
-                        "now mode {:04o}, uid {}, gid {}",
-                        after.perm(),
-                        after.uid,
-                        after.gid
-                    )),
-                    now,
-                ));
-                return Ok(());
+                Some(Remedy::Refused(why)) => record_open(conn, host, &p, found, verdict, Some(why), now, events),
+                _ => record_open(conn, host, &p, found, verdict, None, now, events),
             }
-            let fp = fingerprint(found, verdict);
-            let refusal = match remedy {
-                Some(Remedy::Refused(why)) => Some(why.as_str()),
-                _ => None,
-            };
-            let rules = verdict.rules();
-            let expected = verdict.expected();
-            let row = NewDrift {
-                host,
-                path: &p,
-                rules: &rules,
-                expected: &expected,
-                found_mode: found.perm() as i32,
-                found_uid: i64::from(found.uid),
-                found_gid: i64::from(found.gid),
-                fingerprint: &fp,
-                refused: refusal.map(|_| fp.as_str()),
-                detected_at: now,
-                updated_at: now,
-            };
-            let inserted = match conn {
-                DbConnection::Postgres(pg) => diesel::insert_into(permission_drift::table)
-                    .values(&row)
-                    .on_conflict_do_nothing()
-                    .execute(pg)?,
-                DbConnection::Sqlite(lite) => diesel::insert_into(permission_drift::table)
-                    .values(&row)
-                    .on_conflict_do_nothing()
-                    .execute(lite)?,
-            };
-            let changed = if inserted == 1 {
-                1
-            } else {
-                diesel::update(permission_drift::table)
-                    .filter(permission_drift::host.eq(host))
-                    .filter(permission_drift::path.eq(&p))
-                    .filter(permission_drift::fingerprint.ne(&fp))
-                    .set((
-                        permission_drift::rules.eq(&rules),
-                        permission_drift::expected.eq(&expected),
-                        permission_drift::found_mode.eq(row.found_mode),
-                        permission_drift::found_uid.eq(row.found_uid),
-                        permission_drift::found_gid.eq(row.found_gid),
-                        permission_drift::fingerprint.eq(&fp),
-                        permission_drift::refused.eq(row.refused),
-                        permission_drift::updated_at.eq(now),
-                    ))
-                    .execute(conn)?
-            };
-            if changed == 1 {
-                events.push(event(host, &p, Some(verdict), Some(found), action::DETECTED, None, now));
-                if let Some(why) = refusal {
-                    events.push(event(
-                        host,
-                        &p,
-                        Some(verdict),
-                        Some(found),
-                        action::REFUSED,
-                        Some(why.to_string()),
-                        now,
-                    ));
-                }
-            } else if let Some(why) = refusal {
-                // Same drift, newly refused: report the refusal once.
-                let marked = diesel::update(permission_drift::table)
-                    .filter(permission_drift::host.eq(host))
-                    .filter(permission_drift::path.eq(&p))
-                    .filter(
-                        permission_drift::refused
-                            .is_null()
-                            .or(permission_drift::refused.ne(&fp)),
-                    )
-                    .set(permission_drift::refused.eq(&fp))
-                    .execute(conn)?;
-                if marked == 1 {
-                    events.push(event(
-                        host,
-                        &p,
-                        Some(verdict),
-                        Some(found),
-                        action::REFUSED,
-                        Some(why.to_string()),
-                        now,
-                    ));
-                }
-            }
+        }
+    }
+}
+
+/// A path that complies: its open drift, if any, is resolved.
+fn record_clean(
+    conn: &mut DbConnection,
+    host: &str,
+    p: &str,
+    found: Option<&Inode>,
+    now: NaiveDateTime,
+    events: &mut Vec<NewEvent>,
+) -> QueryResult<()> {
+    if let Some(d) = delete_drift(conn, host, p)? {
+        let detail = if found.is_some() {
+            "fixed by someone else".to_string()
+        } else {
+            "the path no longer exists".to_string()
+        };
+        let mut e = event(host, p, None, found, action::RESOLVED, Some(detail), now);
+        e.rules = d.rules;
+        e.expected = d.expected;
+        events.push(e);
+    }
+    Ok(())
+}
+
+/// Drift that remediation put back (or found already put back): no open
+/// drift remains; the detection is recorded too unless it was earlier.
+#[allow(clippy::too_many_arguments)]
+fn record_put_back(
+    conn: &mut DbConnection,
+    host: &str,
+    p: &str,
+    found: &Inode,
+    verdict: &Verdict,
+    after: &Inode,
+    fixed: bool,
+    now: NaiveDateTime,
+    events: &mut Vec<NewEvent>,
+) -> QueryResult<()> {
+    let was_open = delete_drift(conn, host, p)?.is_some();
+    if !was_open {
+        events.push(event(host, p, Some(verdict), Some(found), action::DETECTED, None, now));
+    }
+    events.push(event(
+        host,
+        p,
+        Some(verdict),
+        Some(after),
+        if fixed { action::REMEDIATED } else { action::RESOLVED },
+        Some(format!(
+            "now mode {:04o}, uid {}, gid {}",
+            after.perm(),
+            after.uid,
+            after.gid
+        )),
+        now,
+    ));
+    Ok(())
+}
+
+/// Drift that stays open: recorded once when it appears or changes, and a
+/// refusal to remediate reported once.
+#[allow(clippy::too_many_arguments)]
+fn record_open(
+    conn: &mut DbConnection,
+    host: &str,
+    p: &str,
+    found: &Inode,
+    verdict: &Verdict,
+    refusal: Option<&str>,
+    now: NaiveDateTime,
+    events: &mut Vec<NewEvent>,
+) -> QueryResult<()> {
+    let fp = fingerprint(found, verdict);
+    let rules = verdict.rules();
+    let expected = verdict.expected();
+    let row = NewDrift {
+        host,
+        path: p,
+        rules: &rules,
+        expected: &expected,
+        found_mode: found.perm() as i32,
+        found_uid: i64::from(found.uid),
+        found_gid: i64::from(found.gid),
+        fingerprint: &fp,
+        refused: refusal.map(|_| fp.as_str()),
+        detected_at: now,
+        updated_at: now,
+    };
+    let inserted = match conn {
+        DbConnection::Postgres(pg) => diesel::insert_into(permission_drift::table)
+            .values(&row)
+            .on_conflict_do_nothing()
+            .execute(pg)?,
+        DbConnection::Sqlite(lite) => diesel::insert_into(permission_drift::table)
+            .values(&row)
+            .on_conflict_do_nothing()
+            .execute(lite)?,
+    };
+    let changed = if inserted == 1 {
+        1
+    } else {
+        diesel::update(permission_drift::table)
+            .filter(permission_drift::host.eq(host))
+            .filter(permission_drift::path.eq(p))
+            .filter(permission_drift::fingerprint.ne(&fp))
+            .set((
+                permission_drift::rules.eq(&rules),
+                permission_drift::expected.eq(&expected),
+                permission_drift::found_mode.eq(row.found_mode),
+                permission_drift::found_uid.eq(row.found_uid),
+                permission_drift::found_gid.eq(row.found_gid),
+                permission_drift::fingerprint.eq(&fp),
+                permission_drift::refused.eq(row.refused),
+                permission_drift::updated_at.eq(now),
+            ))
+            .execute(conn)?
+    };
+    let refused_event = |why: &str| {
+        event(
+            host,
+            p,
+            Some(verdict),
+            Some(found),
+            action::REFUSED,
+            Some(why.to_string()),
+            now,
+        )
+    };
+    if changed == 1 {
+        events.push(event(host, p, Some(verdict), Some(found), action::DETECTED, None, now));
+        if let Some(why) = refusal {
+            events.push(refused_event(why));
+        }
+    } else if let Some(why) = refusal {
+        // Same drift, newly refused: report the refusal once.
+        let marked = diesel::update(permission_drift::table)
+            .filter(permission_drift::host.eq(host))
+            .filter(permission_drift::path.eq(p))
+            .filter(
+                permission_drift::refused
+                    .is_null()
+                    .or(permission_drift::refused.ne(&fp)),
+            )
+            .set(permission_drift::refused.eq(&fp))
+            .execute(conn)?;
+        if marked == 1 {
+            events.push(refused_event(why));
         }
     }
     Ok(())
