@@ -149,76 +149,8 @@ pub async fn issue(
         .map_err(|e| AcmeError::Protocol(format!("new order: {e}")))?;
 
     // Responders live until the order is done; dropping them cleans up.
-    let mut http: Option<HttpResponder> = None;
-    let mut alpn: Option<AlpnResponder> = None;
-    let mut webroot_files = Vec::new();
-    let mut dns_records = Vec::new();
-    let (wanted, propagation) = match &cert.challenge {
-        ChallengeConfig::Http01 { listen, .. } => {
-            if let Some(addr) = listen {
-                http = Some(HttpResponder::bind(*addr).await?);
-            }
-            (ChallengeType::Http01, None)
-        }
-        ChallengeConfig::Dns01 { propagation, .. } => (ChallengeType::Dns01, *propagation),
-        ChallengeConfig::TlsAlpn01 { listen } => {
-            alpn = Some(AlpnResponder::bind(*listen).await?);
-            (ChallengeType::TlsAlpn01, None)
-        }
-    };
-    let mut ready = Vec::new();
-    {
-        let mut authorizations = order.authorizations();
-        while let Some(next) = authorizations.next().await {
-            let mut authz = next.map_err(|e| AcmeError::Protocol(format!("authorization: {e}")))?;
-            match authz.status {
-                AuthorizationStatus::Valid => continue,
-                AuthorizationStatus::Pending => {}
-                other => {
-                    return Err(AcmeError::Protocol(format!("authorization is {other:?}")));
-                }
-            }
-            let mut challenge = authz
-                .challenge(wanted.clone())
-                .ok_or_else(|| AcmeError::Challenge(format!("the CA offers no {wanted:?} challenge")))?;
-            let domain = match challenge.identifier().identifier {
-                Identifier::Dns(d) => d.clone(),
-                other => return Err(AcmeError::Challenge(format!("unexpected identifier {other:?}"))),
-            };
-            let key_auth = challenge.key_authorization();
-            match &cert.challenge {
-                ChallengeConfig::Http01 { webroot, .. } => {
-                    let token = challenge.token.clone();
-                    match (webroot, &http) {
-                        (Some(root), _) => webroot_files.push(WebrootFile::write(root, &token, key_auth.as_str())?),
-                        (None, Some(server)) => server.add(&token, key_auth.as_str()),
-                        (None, None) => return Err(AcmeError::Config("http-01 without webroot or listen".into())),
-                    }
-                }
-                ChallengeConfig::Dns01 { hook, .. } => {
-                    dns_records.push(DnsRecord::present(
-                        hook,
-                        &domain,
-                        &key_auth.dns_value(),
-                        cert.hook_timeout.as_duration(),
-                    )?);
-                }
-                ChallengeConfig::TlsAlpn01 { .. } => {
-                    if let Some(server) = &alpn {
-                        server.add(&domain, key_auth.digest().as_ref())?;
-                    }
-                }
-            }
-            if let Some(wait) = propagation {
-                tokio::time::sleep(wait.as_duration()).await;
-            }
-            challenge
-                .set_ready()
-                .await
-                .map_err(|e| AcmeError::Protocol(format!("challenge for {domain}: {e}")))?;
-            ready.push(domain);
-        }
-    }
+    let mut responders = Responders::bind(cert).await?;
+    let ready = prove_control(&mut order, cert, &mut responders).await?;
     let retry = RetryPolicy::new()
         .initial_delay(Duration::from_millis(250))
         .timeout(acme.order_timeout.as_duration());
@@ -251,11 +183,126 @@ pub async fn issue(
         .poll_certificate(&retry)
         .await
         .map_err(|e| AcmeError::Protocol(format!("downloading the certificate: {e}")))?;
-    drop((http, alpn, webroot_files, dns_records));
+    drop(responders);
     Ok(Issued {
         key_pem: zeroize::Zeroizing::new(key.serialize_pem()),
         chain_pem,
     })
+}
+
+/// What answers the CA's challenges for one order: the built-in HTTP-01
+/// or TLS-ALPN-01 listener, webroot files, DNS records. Dropping it takes
+/// them all away.
+struct Responders {
+    wanted: ChallengeType,
+    /// How long DNS records take to be visible (dns-01).
+    propagation: Option<crate::config::HumanDuration>,
+    http: Option<HttpResponder>,
+    alpn: Option<AlpnResponder>,
+    webroot_files: Vec<WebrootFile>,
+    dns_records: Vec<DnsRecord>,
+}
+
+impl Responders {
+    async fn bind(cert: &CertificateConfig) -> Result<Responders, AcmeError> {
+        let mut responders = Responders {
+            wanted: ChallengeType::Http01,
+            propagation: None,
+            http: None,
+            alpn: None,
+            webroot_files: Vec::new(),
+            dns_records: Vec::new(),
+        };
+        match &cert.challenge {
+            ChallengeConfig::Http01 { listen, .. } => {
+                if let Some(addr) = listen {
+                    responders.http = Some(HttpResponder::bind(*addr).await?);
+                }
+            }
+            ChallengeConfig::Dns01 { propagation, .. } => {
+                responders.wanted = ChallengeType::Dns01;
+                responders.propagation = *propagation;
+            }
+            ChallengeConfig::TlsAlpn01 { listen } => {
+                responders.wanted = ChallengeType::TlsAlpn01;
+                responders.alpn = Some(AlpnResponder::bind(*listen).await?);
+            }
+        }
+        Ok(responders)
+    }
+
+    /// Puts up the answer to one challenge for `domain`.
+    fn present(
+        &mut self,
+        cert: &CertificateConfig,
+        token: &str,
+        domain: &str,
+        key_auth: &instant_acme::KeyAuthorization,
+    ) -> Result<(), AcmeError> {
+        match &cert.challenge {
+            ChallengeConfig::Http01 { webroot, .. } => match (webroot, &self.http) {
+                (Some(root), _) => self
+                    .webroot_files
+                    .push(WebrootFile::write(root, token, key_auth.as_str())?),
+                (None, Some(server)) => server.add(token, key_auth.as_str()),
+                (None, None) => return Err(AcmeError::Config("http-01 without webroot or listen".into())),
+            },
+            ChallengeConfig::Dns01 { hook, .. } => {
+                self.dns_records.push(DnsRecord::present(
+                    hook,
+                    domain,
+                    &key_auth.dns_value(),
+                    cert.hook_timeout.as_duration(),
+                )?);
+            }
+            ChallengeConfig::TlsAlpn01 { .. } => {
+                if let Some(server) = &self.alpn {
+                    server.add(domain, key_auth.digest().as_ref())?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Answers every pending authorization of the order and tells the CA it
+/// may validate; returns the domains it was told about.
+async fn prove_control(
+    order: &mut instant_acme::Order,
+    cert: &CertificateConfig,
+    responders: &mut Responders,
+) -> Result<Vec<String>, AcmeError> {
+    let mut ready = Vec::new();
+    let mut authorizations = order.authorizations();
+    while let Some(next) = authorizations.next().await {
+        let mut authz = next.map_err(|e| AcmeError::Protocol(format!("authorization: {e}")))?;
+        match authz.status {
+            AuthorizationStatus::Valid => continue,
+            AuthorizationStatus::Pending => {}
+            other => {
+                return Err(AcmeError::Protocol(format!("authorization is {other:?}")));
+            }
+        }
+        let wanted = responders.wanted.clone();
+        let mut challenge = authz
+            .challenge(wanted.clone())
+            .ok_or_else(|| AcmeError::Challenge(format!("the CA offers no {wanted:?} challenge")))?;
+        let domain = match challenge.identifier().identifier {
+            Identifier::Dns(d) => d.clone(),
+            other => return Err(AcmeError::Challenge(format!("unexpected identifier {other:?}"))),
+        };
+        let token = challenge.token.clone();
+        responders.present(cert, &token, &domain, &challenge.key_authorization())?;
+        if let Some(wait) = responders.propagation {
+            tokio::time::sleep(wait.as_duration()).await;
+        }
+        challenge
+            .set_ready()
+            .await
+            .map_err(|e| AcmeError::Protocol(format!("challenge for {domain}: {e}")))?;
+        ready.push(domain);
+    }
+    Ok(ready)
 }
 
 /// The CA's suggested renewal window for a certificate, when it offers ARI.

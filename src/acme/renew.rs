@@ -162,6 +162,57 @@ impl Session<'_> {
         }
     }
 
+    /// When the certificate in place is to be renewed. Decided once per
+    /// serial; with ARI the window is asked for again every ARI_POLL and
+    /// the time kept while it fits.
+    fn renewal_time(
+        &mut self,
+        row: &CertRow,
+        info: &CertInfo,
+        mode: Mode,
+        now: NaiveDateTime,
+    ) -> Result<Option<NaiveDateTime>, AcmeError> {
+        if row.serial.as_deref() != Some(info.serial.as_str()) || row.renew_at.is_none() {
+            let at = if mode == Mode::CheckOnly {
+                timing::renew_at(info.not_before, info.not_after, timing::random_unit())
+            } else {
+                self.plan(info)
+            };
+            store::record_observed(self.conn, row.id, info, Some(at), now)?;
+            return Ok(Some(at));
+        }
+        let poll_due = row.renew_planned_at.is_none_or(|t| now - t >= ARI_POLL);
+        if mode != Mode::CheckOnly && info.ari_id.is_some() && poll_due {
+            // Ask the CA again: it moves windows earlier after incidents.
+            if let Some((start, end)) = self.ari_window(info) {
+                let at = timing::replan(row.renew_at, start, end, timing::random_unit());
+                store::record_plan(self.conn, row.id, at, now)?;
+                return Ok(Some(at));
+            }
+        }
+        Ok(row.renew_at)
+    }
+
+    /// The ARI id of the certificate being replaced, when the CA speaks ARI
+    /// (it may then relax rate limits for the renewal); a CA without ARI
+    /// would refuse an order carrying `replaces`.
+    fn replaces(&mut self, installed: Option<&CertInfo>) -> Option<String> {
+        match installed {
+            Some(info) if info.ari_id.is_some() => {
+                let offered = match self.ari_offered {
+                    Some(known) => known,
+                    None => self.ari_window(info).is_some(),
+                };
+                if offered {
+                    info.ari_id.clone()
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        }
+    }
+
     fn issued(&mut self, cert: &CertificateConfig, mode: Mode) -> Result<Report, AcmeError> {
         let now = crate::db::now();
         let row = store::ensure(
@@ -180,30 +231,10 @@ impl Session<'_> {
             not_after,
         };
         let current_not_after = installed.as_ref().ok().map(|i| i.not_after);
-        // The renewal time is decided once per serial; with ARI the window
-        // is asked for again every ARI_POLL and the time kept while it fits.
-        let mut renew_at = row.renew_at;
-        if let Ok(info) = &installed {
-            if row.serial.as_deref() != Some(info.serial.as_str()) || row.renew_at.is_none() {
-                let at = if mode == Mode::CheckOnly {
-                    timing::renew_at(info.not_before, info.not_after, timing::random_unit())
-                } else {
-                    self.plan(info)
-                };
-                renew_at = Some(at);
-                store::record_observed(self.conn, row.id, info, renew_at, now)?;
-            } else if mode != Mode::CheckOnly
-                && info.ari_id.is_some()
-                && row.renew_planned_at.is_none_or(|t| now - t >= ARI_POLL)
-            {
-                // Ask the CA again: it moves windows earlier after incidents.
-                if let Some((start, end)) = self.ari_window(info) {
-                    let at = timing::replan(renew_at, start, end, timing::random_unit());
-                    renew_at = Some(at);
-                    store::record_plan(self.conn, row.id, at, now)?;
-                }
-            }
-        }
+        let renew_at = match &installed {
+            Ok(info) => self.renewal_time(&row, info, mode, now)?,
+            Err(_) => row.renew_at,
+        };
         let state = CertState {
             replace_now: reason.as_deref(),
             renew_at,
@@ -216,23 +247,7 @@ impl Session<'_> {
             Decision::Issue { why } => why,
         };
         info!(cert = %cert.name, "certificate {}: issuing ({why})", cert.name);
-        // Name the certificate being replaced when the CA speaks ARI (it may
-        // then relax rate limits for the renewal); a CA without ARI would
-        // refuse an order carrying `replaces`.
-        let replaces = match installed.as_ref().ok() {
-            Some(info) if info.ari_id.is_some() => {
-                let offered = match self.ari_offered {
-                    Some(known) => known,
-                    None => self.ari_window(info).is_some(),
-                };
-                if offered {
-                    info.ari_id.clone()
-                } else {
-                    None
-                }
-            }
-            _ => None,
-        };
+        let replaces = self.replaces(installed.as_ref().ok());
         let mut obtained = self.obtain_and_install(cert, replaces.as_deref());
         if matches!(&obtained, Err(AcmeError::Protocol(e)) if e.contains("accountDoesNotExist")) {
             // The CA no longer knows the stored account (a test CA restarted,

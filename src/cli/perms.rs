@@ -138,70 +138,9 @@ fn scan_command(path: &Path, fix: bool, json: bool) -> ExitCode {
         })
         .count();
     if json {
-        let out = JsonReport {
-            files: report.files,
-            directories: report.directories,
-            violations: report
-                .violations
-                .iter()
-                .map(|v| JsonViolation {
-                    path: store::path_text(&v.path),
-                    found_type: v.found.kind().to_string(),
-                    found_mode: format!("{:04o}", v.found.perm()),
-                    found_uid: v.found.uid,
-                    found_gid: v.found.gid,
-                    rules: v.verdict.rules(),
-                    expected: v.verdict.expected(),
-                    findings: v
-                        .verdict
-                        .findings
-                        .iter()
-                        .map(|f| JsonFinding {
-                            check: format!("{:?}", f.check).to_lowercase(),
-                            rule: &f.rule,
-                            expected: &f.expected,
-                        })
-                        .collect(),
-                    remedy: remedy_text(&v.path),
-                })
-                .collect(),
-            remaining,
-            errors: report
-                .errors
-                .iter()
-                .map(|(p, e)| (store::path_text(p), e.as_str()))
-                .collect(),
-        };
-        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        print_scan_json(&report, &remedy_text, remaining);
     } else {
-        for v in &report.violations {
-            let mut line = format!(
-                "{}: found {}; expected {} [{}]",
-                v.path.display(),
-                describe(&v.found),
-                v.verdict.expected(),
-                v.verdict.rules()
-            );
-            if let Some(r) = remedy_text(&v.path) {
-                line.push_str(&format!(" -> {r}"));
-            }
-            // A file name may hold a newline or an escape sequence.
-            println!("{}", printable(&line));
-        }
-        for (p, e) in &report.errors {
-            eprintln!("warning: cannot examine {}: {e}", printable(&p.display().to_string()));
-        }
-        println!(
-            "{} file(s) in {} director(ies) checked; {} violation(s){}",
-            report.files,
-            report.directories,
-            report.violations.len(),
-            if fix {
-                format!(", {} left after fixing", remaining)
-            } else {
-                String::new()
-            }
-        );
+        print_scan_text(&report, &remedy_text, remaining, fix);
     }
     if remaining > 0 {
         ExitCode::from(EXIT_DRIFT)
@@ -210,6 +149,82 @@ fn scan_command(path: &Path, fix: bool, json: bool) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// `perms scan --json`.
+fn print_scan_json(report: &crate::perms::ScanReport, remedy_text: &dyn Fn(&Path) -> Option<String>, remaining: usize) {
+    let out = JsonReport {
+        files: report.files,
+        directories: report.directories,
+        violations: report
+            .violations
+            .iter()
+            .map(|v| JsonViolation {
+                path: store::path_text(&v.path),
+                found_type: v.found.kind().to_string(),
+                found_mode: format!("{:04o}", v.found.perm()),
+                found_uid: v.found.uid,
+                found_gid: v.found.gid,
+                rules: v.verdict.rules(),
+                expected: v.verdict.expected(),
+                findings: v
+                    .verdict
+                    .findings
+                    .iter()
+                    .map(|f| JsonFinding {
+                        check: format!("{:?}", f.check).to_lowercase(),
+                        rule: &f.rule,
+                        expected: &f.expected,
+                    })
+                    .collect(),
+                remedy: remedy_text(&v.path),
+            })
+            .collect(),
+        remaining,
+        errors: report
+            .errors
+            .iter()
+            .map(|(p, e)| (store::path_text(p), e.as_str()))
+            .collect(),
+    };
+    println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+}
+
+/// `perms scan` as one line per violation, then a summary.
+fn print_scan_text(
+    report: &crate::perms::ScanReport,
+    remedy_text: &dyn Fn(&Path) -> Option<String>,
+    remaining: usize,
+    fix: bool,
+) {
+    for v in &report.violations {
+        let mut line = format!(
+            "{}: found {}; expected {} [{}]",
+            v.path.display(),
+            describe(&v.found),
+            v.verdict.expected(),
+            v.verdict.rules()
+        );
+        if let Some(r) = remedy_text(&v.path) {
+            line.push_str(&format!(" -> {r}"));
+        }
+        // A file name may hold a newline or an escape sequence.
+        println!("{}", printable(&line));
+    }
+    for (p, e) in &report.errors {
+        eprintln!("warning: cannot examine {}: {e}", printable(&p.display().to_string()));
+    }
+    println!(
+        "{} file(s) in {} director(ies) checked; {} violation(s){}",
+        report.files,
+        report.directories,
+        report.violations.len(),
+        if fix {
+            format!(", {} left after fixing", remaining)
+        } else {
+            String::new()
+        }
+    );
 }
 
 fn events_command(path: &Path, since: Option<&str>, host: Option<&str>, limit: i64, json: bool) -> ExitCode {

@@ -176,28 +176,25 @@ fn is_domain(d: &str) -> bool {
         })
 }
 
-/// Cross-field checks of the certificate sections, one message each.
-pub fn problems(acme: Option<&AcmeConfig>, certs: &[CertificateConfig], monitors: &[MonitorConfig]) -> Vec<String> {
-    let mut out = Vec::new();
-    if !certs.is_empty() && acme.is_none() {
-        out.push("[[certificates]] needs an [acme] section".into());
-    }
-    if let Some(a) = acme {
-        if !a.directory.starts_with("https://") {
+impl AcmeConfig {
+    /// What is wrong with `[acme]` on its own.
+    fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if !self.directory.starts_with("https://") {
             out.push(format!(
                 "acme.directory must be an https:// URL, found {:?}",
-                a.directory
+                self.directory
             ));
         }
-        if !a.terms_agreed {
+        if !self.terms_agreed {
             out.push("acme.terms_agreed must be true: read the CA's terms of service, then agree to them here".into());
         }
-        for c in &a.contact {
+        for c in &self.contact {
             if !c.starts_with("mailto:") || c.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
                 out.push(format!("acme.contact: {c:?} is not a mailto: URI"));
             }
         }
-        if let Some(eab) = &a.eab {
+        if let Some(eab) = &self.eab {
             if let Err(e) = eab.hmac_key.validate_shape() {
                 out.push(format!("acme.eab.hmac_key: {e}"));
             }
@@ -205,31 +202,38 @@ pub fn problems(acme: Option<&AcmeConfig>, certs: &[CertificateConfig], monitors
                 out.push("acme.eab.key_id is empty".into());
             }
         }
-        if !a.account_file.is_absolute() {
+        if !self.account_file.is_absolute() {
             out.push("acme.account_file must be an absolute path".into());
         }
+        out
     }
-    let mut names = std::collections::HashSet::new();
-    for c in certs {
-        let at = format!("certificate {:?}", c.name);
-        if c.name.is_empty() || !c.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+}
+
+impl CertificateConfig {
+    /// What is wrong with one `[[certificates]]` entry on its own.
+    fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let at = format!("certificate {:?}", self.name);
+        if self.name.is_empty()
+            || !self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
             out.push(format!("{at}: the name must be letters, digits, '-', '_' or '.'"));
         }
-        if !names.insert(c.name.clone()) {
-            out.push(format!("{at}: the name is used twice"));
-        }
-        if c.domains.is_empty() {
+        if self.domains.is_empty() {
             out.push(format!("{at}: domains is empty"));
         }
-        for d in &c.domains {
+        for d in &self.domains {
             if !is_domain(d) {
                 out.push(format!("{at}: {d:?} is not a domain name"));
             }
-            if d.starts_with("*.") && !matches!(c.challenge, ChallengeConfig::Dns01 { .. }) {
+            if d.starts_with("*.") && !matches!(self.challenge, ChallengeConfig::Dns01 { .. }) {
                 out.push(format!("{at}: the wildcard {d} can only be validated with dns-01"));
             }
         }
-        match &c.challenge {
+        match &self.challenge {
             ChallengeConfig::Http01 { webroot, listen } => {
                 if webroot.is_some() == listen.is_some() {
                     out.push(format!("{at}: http-01 needs exactly one of `webroot` or `listen`"));
@@ -244,25 +248,44 @@ pub fn problems(acme: Option<&AcmeConfig>, certs: &[CertificateConfig], monitors
             }
             ChallengeConfig::TlsAlpn01 { .. } => {}
         }
-        if !c.deploy_hook.is_empty() && !c.deploy_hook[0].starts_with('/') {
+        if !self.deploy_hook.is_empty() && !self.deploy_hook[0].starts_with('/') {
             out.push(format!("{at}: deploy_hook must start with an absolute path"));
         }
-        if !c.cert_file.is_absolute() || !c.key_file.is_absolute() || c.cert_file == c.key_file {
+        if !self.cert_file.is_absolute() || !self.key_file.is_absolute() || self.cert_file == self.key_file {
             out.push(format!(
                 "{at}: cert_file and key_file must be two different absolute paths"
             ));
         }
-        if c.key_mode.allowed_bits() & 0o007 != 0 {
+        if self.key_mode.allowed_bits() & 0o007 != 0 {
             out.push(format!(
                 "{at}: key_mode {} would let everyone read the private key",
-                c.key_mode
+                self.key_mode
             ));
         }
-        if matches!(c.key_mode, ModeSpec::AtMost(_)) || matches!(c.cert_mode, ModeSpec::AtMost(_)) {
+        if matches!(self.key_mode, ModeSpec::AtMost(_)) || matches!(self.cert_mode, ModeSpec::AtMost(_)) {
             out.push(format!(
                 "{at}: key_mode and cert_mode are exact modes, such as \"0600\""
             ));
         }
+        out
+    }
+}
+
+/// Cross-field checks of the certificate sections, one message each.
+pub fn problems(acme: Option<&AcmeConfig>, certs: &[CertificateConfig], monitors: &[MonitorConfig]) -> Vec<String> {
+    let mut out = Vec::new();
+    if !certs.is_empty() && acme.is_none() {
+        out.push("[[certificates]] needs an [acme] section".into());
+    }
+    if let Some(a) = acme {
+        out.extend(a.problems());
+    }
+    let mut names = std::collections::HashSet::new();
+    for c in certs {
+        if !names.insert(c.name.clone()) {
+            out.push(format!("certificate {:?}: the name is used twice", c.name));
+        }
+        out.extend(c.problems());
     }
     for m in monitors {
         let at = format!("monitor {:?}", m.name);

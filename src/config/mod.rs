@@ -308,9 +308,9 @@ impl Config {
         let config = Self::from_toml(path, &text, checks)?;
         // A password written into a world-readable file is not a secret.
         if config.database.url.has_inline_password() && meta.mode() & 0o004 != 0 {
+            let instead = r#"`database.password = { credential = "db-password" }` (or `file`/`env`)"#;
             return Err(whole(format!(
-                "database.url contains a password but this file is readable by everyone (mode {:04o}); \
-                 move the password to `database.password = {{ credential = \"db-password\" }}` (or `file`/`env`)",
+                "database.url contains a password but this file is readable by everyone (mode {:04o}); move the password to {instead}",
                 meta.mode() & 0o7777
             )));
         }

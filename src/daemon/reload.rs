@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use tracing::{error, info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, JobSettings};
 
 use super::notify;
 use super::state::DaemonState;
@@ -83,6 +83,52 @@ async fn apply(state: &Arc<DaemonState>, new: Config) -> ReloadOutcome {
             )],
         };
     }
+    let JobChanges {
+        mut changes,
+        to_schedule,
+        to_unschedule,
+    } = job_changes(&old, &new);
+    changes.extend(section_changes(&old, &new));
+    let enabled = |c: &Config, job: &str| c.job(job).is_some_and(|s| s.enabled);
+    let restart: Vec<&'static str> = crate::jobs::registry::all()
+        .iter()
+        .filter(|spec| {
+            spec.service.is_some_and(|s| (s.restart_on)(&old, &new))
+                || enabled(&old, spec.name) != enabled(&new, spec.name)
+        })
+        .map(|spec| spec.name)
+        .collect();
+
+    // The swap: the new configuration is in force for every run started from
+    // here on; the scheduler is then brought in line with it.
+    let level = new.daemon.log_level;
+    state.swap_config(new);
+    state.telemetry.set_level(level);
+    for name in to_unschedule {
+        if let Err(e) = state.unschedule(name).await {
+            error!(job = name, "could not unschedule {name}: {e}");
+        }
+    }
+    for (name, settings) in to_schedule {
+        if let Err(e) = state.schedule(state, name, &settings).await {
+            error!(job = name, "could not reschedule {name}: {e}");
+        }
+    }
+    if !restart.is_empty() {
+        state.restart_services(|spec| restart.contains(&spec.name)).await;
+    }
+    ReloadOutcome::Applied { changes }
+}
+
+/// What a reload changes in the jobs: lines for the log, and the jobs to
+/// schedule anew or take off the schedule.
+struct JobChanges {
+    changes: Vec<String>,
+    to_schedule: Vec<(&'static str, JobSettings)>,
+    to_unschedule: Vec<&'static str>,
+}
+
+fn job_changes(old: &Config, new: &Config) -> JobChanges {
     let mut changes = Vec::new();
     let mut to_schedule = Vec::new();
     let mut to_unschedule = Vec::new();
@@ -122,6 +168,16 @@ async fn apply(state: &Arc<DaemonState>, new: Config) -> ReloadOutcome {
             }
         }
     }
+    JobChanges {
+        changes,
+        to_schedule,
+        to_unschedule,
+    }
+}
+
+/// What a reload changes in the other sections, as lines for the log.
+fn section_changes(old: &Config, new: &Config) -> Vec<String> {
+    let mut changes = Vec::new();
     if old.daemon.log_level != new.daemon.log_level {
         changes.push(
             format!(
@@ -140,15 +196,6 @@ async fn apply(state: &Arc<DaemonState>, new: Config) -> ReloadOutcome {
     if old.daemon.host_name != new.daemon.host_name {
         changes.push("daemon.host_name changed".to_string());
     }
-    let enabled = |c: &Config, job: &str| c.job(job).is_some_and(|s| s.enabled);
-    let restart: Vec<&'static str> = crate::jobs::registry::all()
-        .iter()
-        .filter(|spec| {
-            spec.service.is_some_and(|s| (s.restart_on)(&old, &new))
-                || enabled(&old, spec.name) != enabled(&new, spec.name)
-        })
-        .map(|spec| spec.name)
-        .collect();
     if old.permissions != new.permissions {
         changes.push("permissions: policy changed; the watcher restarts with a full rescan".to_string());
     }
@@ -168,24 +215,5 @@ async fn apply(state: &Arc<DaemonState>, new: Config) -> ReloadOutcome {
     if old.daemon.log_target != new.daemon.log_target {
         warn!("daemon.log_target changed; it takes effect at the next start");
     }
-
-    // The swap: the new configuration is in force for every run started from
-    // here on; the scheduler is then brought in line with it.
-    let level = new.daemon.log_level;
-    state.swap_config(new);
-    state.telemetry.set_level(level);
-    for name in to_unschedule {
-        if let Err(e) = state.unschedule(name).await {
-            error!(job = name, "could not unschedule {name}: {e}");
-        }
-    }
-    for (name, settings) in to_schedule {
-        if let Err(e) = state.schedule(state, name, &settings).await {
-            error!(job = name, "could not reschedule {name}: {e}");
-        }
-    }
-    if !restart.is_empty() {
-        state.restart_services(|spec| restart.contains(&spec.name)).await;
-    }
-    ReloadOutcome::Applied { changes }
+    changes
 }

@@ -144,18 +144,7 @@ impl KeyService {
             self.status_refusal(conn, &key, now, req.actor)?
         }
         .or_else(|| (owner_status != "active").then_some(Refusal::OwnerDisabled))
-        .or_else(|| match key.allowed_ips_checked() {
-            None => Some(Refusal::UnreadableRestriction("allowed_ips".into())),
-            Some(list) => (!policy::ip_allowed(&list, req.ip)).then_some(Refusal::IpNotAllowed),
-        })
-        .or_else(|| match key.scopes_checked() {
-            None => Some(Refusal::UnreadableRestriction("scopes".into())),
-            Some(scopes) => req
-                .required_scopes
-                .iter()
-                .find(|s| !scopes.iter().any(|have| have == *s))
-                .map(|s| Refusal::MissingScope(s.to_string())),
-        });
+        .or_else(|| restriction_refusal(&key, req));
         if let Some(refusal) = refusal {
             self.record_failure(conn, Some(key.id), &key.prefix, &refusal, ip.as_deref(), req, now)?;
             self.end_refusal(started, argon);
@@ -169,30 +158,7 @@ impl KeyService {
         } else {
             None
         };
-        conn.write_transaction::<_, KeyError, _>(|conn| {
-            diesel::update(api_keys::table.find(key.id))
-                .set((
-                    api_keys::usage_count.eq(api_keys::usage_count + 1),
-                    api_keys::last_used_at.eq(Some(now)),
-                ))
-                .execute(conn)?;
-            if let Some(new_hash) = &rehashed {
-                diesel::update(api_keys::table.find(key.id))
-                    .filter(api_keys::key_hash.eq(&key.key_hash))
-                    .set(api_keys::key_hash.eq(new_hash))
-                    .execute(conn)?;
-            }
-            insert_event(
-                conn,
-                Some(key.id),
-                &key.prefix,
-                event::USED,
-                None,
-                ip.as_deref(),
-                req,
-                now,
-            )
-        })?;
+        self.record_use(conn, &key, rehashed.as_deref(), ip.as_deref(), req, now)?;
         Ok(VerifyOutcome::Valid(VerifiedKey {
             key_id: key.id,
             prefix: key.prefix.clone(),
@@ -204,6 +170,34 @@ impl KeyService {
                 .flatten(),
             expires_at: key.expires_at,
         }))
+    }
+
+    /// A valid key's use: counted, its hash replaced when made at another
+    /// cost, and its `used` event written, in one transaction.
+    fn record_use(
+        &self,
+        conn: &mut DbConnection,
+        key: &ApiKey,
+        rehashed: Option<&str>,
+        ip: Option<&str>,
+        req: &VerifyRequest<'_>,
+        now: NaiveDateTime,
+    ) -> Result<(), KeyError> {
+        conn.write_transaction::<_, KeyError, _>(|conn| {
+            diesel::update(api_keys::table.find(key.id))
+                .set((
+                    api_keys::usage_count.eq(api_keys::usage_count + 1),
+                    api_keys::last_used_at.eq(Some(now)),
+                ))
+                .execute(conn)?;
+            if let Some(new_hash) = rehashed {
+                diesel::update(api_keys::table.find(key.id))
+                    .filter(api_keys::key_hash.eq(&key.key_hash))
+                    .set(api_keys::key_hash.eq(new_hash))
+                    .execute(conn)?;
+            }
+            insert_event(conn, Some(key.id), &key.prefix, event::USED, None, ip, req, now)
+        })
     }
 
     /// Refuses keys that are revoked, expired or past their grace, and
@@ -375,5 +369,23 @@ impl KeyService {
         if deadline > now {
             std::thread::sleep(deadline - now);
         }
+    }
+}
+
+/// The key's own restrictions, in order: an unreadable list refuses, then
+/// an address outside the allow-list, then the first scope missing.
+fn restriction_refusal(key: &ApiKey, req: &VerifyRequest<'_>) -> Option<Refusal> {
+    match key.allowed_ips_checked() {
+        None => return Some(Refusal::UnreadableRestriction("allowed_ips".into())),
+        Some(list) if !policy::ip_allowed(&list, req.ip) => return Some(Refusal::IpNotAllowed),
+        Some(_) => {}
+    }
+    match key.scopes_checked() {
+        None => Some(Refusal::UnreadableRestriction("scopes".into())),
+        Some(scopes) => req
+            .required_scopes
+            .iter()
+            .find(|s| !scopes.iter().any(|have| have == *s))
+            .map(|s| Refusal::MissingScope(s.to_string())),
     }
 }

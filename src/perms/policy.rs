@@ -150,40 +150,79 @@ fn resolve(spec: &IdSpec, kind: ids::IdKind) -> Result<(u32, String), String> {
     spec.resolve(kind).map(|id| (id, spec.to_string()))
 }
 
+/// The roots, checked (absolute, directories, not nested in each other)
+/// and cleaned.
+fn compile_roots(configured: &[PathBuf], errors: &mut Vec<RuleProblem>) -> Vec<PathBuf> {
+    let whole = |message: String| RuleProblem { rule: None, message };
+    let mut roots: Vec<PathBuf> = Vec::new();
+    for root in configured {
+        if !root.is_absolute() {
+            errors.push(whole(format!(
+                "permissions.roots: {} is not an absolute path",
+                root.display()
+            )));
+            continue;
+        }
+        // A root that does not exist yet (an application not deployed
+        // yet) is reported by every scan, not refused here: the rest of
+        // the daemon should not stop for it.
+        if std::fs::metadata(root).is_ok_and(|m| !m.is_dir()) {
+            errors.push(whole(format!(
+                "permissions.roots: {} is not a directory",
+                root.display()
+            )));
+        }
+        let clean: PathBuf = root.components().collect();
+        if roots.iter().any(|r| clean.starts_with(r) || r.starts_with(&clean)) {
+            errors.push(whole(format!(
+                "permissions.roots: {} overlaps another root; list only the outer directory",
+                root.display()
+            )));
+            continue;
+        }
+        roots.push(clean);
+    }
+    roots
+}
+
+/// The globs of a rule's patterns under every root; a pattern that does
+/// not expand or compile is a problem of the rule.
+fn rule_globs(patterns: &[String], roots: &[PathBuf], problem: &mut impl FnMut(String)) -> Vec<globset::Glob> {
+    let mut globs = Vec::new();
+    for pattern in patterns {
+        match expand(pattern, roots) {
+            Ok(expanded) => {
+                for p in expanded {
+                    match glob(&p) {
+                        Ok(g) => globs.push(g),
+                        Err(e) => problem(e),
+                    }
+                }
+            }
+            Err(e) => problem(e),
+        }
+    }
+    globs
+}
+
+/// A rule's owner or group as an id and a name; an unknown one is a
+/// problem of the rule.
+fn resolved(spec: Option<&IdSpec>, kind: ids::IdKind, problem: &mut impl FnMut(String)) -> Option<(u32, String)> {
+    match spec.map(|s| resolve(s, kind))? {
+        Ok(found) => Some(found),
+        Err(e) => {
+            problem(e);
+            None
+        }
+    }
+}
+
 impl Policy {
     /// Builds the policy, reporting every problem found.
     pub fn compile(cfg: &PermissionsConfig) -> Result<Policy, Vec<RuleProblem>> {
         let mut errors = Vec::new();
         let whole = |message: String| RuleProblem { rule: None, message };
-        let mut roots: Vec<PathBuf> = Vec::new();
-        for root in &cfg.roots {
-            if !root.is_absolute() {
-                errors.push(whole(format!(
-                    "permissions.roots: {} is not an absolute path",
-                    root.display()
-                )));
-                continue;
-            }
-            // A root that does not exist yet (an application not deployed
-            // yet) is reported by every scan, not refused here: the rest of
-            // the daemon should not stop for it.
-            if std::fs::metadata(root).is_ok_and(|m| !m.is_dir()) {
-                errors.push(whole(format!(
-                    "permissions.roots: {} is not a directory",
-                    root.display()
-                )));
-            }
-            let clean: PathBuf = root.components().collect();
-            if roots.iter().any(|r| clean.starts_with(r) || r.starts_with(&clean)) {
-                errors.push(whole(format!(
-                    "permissions.roots: {} overlaps another root; list only the outer directory",
-                    root.display()
-                )));
-                continue;
-            }
-            roots.push(clean);
-        }
-
+        let roots = compile_roots(&cfg.roots, &mut errors);
         let mut skip = GlobSetBuilder::new();
         for pattern in &cfg.exclude {
             match expand(pattern, &roots).and_then(|ps| ps.iter().map(|p| glob(p)).collect::<Result<Vec<_>, _>>()) {
@@ -225,39 +264,13 @@ impl Policy {
                 (&rc.paths, &mut includes, &mut include_rule),
                 (&rc.exclude, &mut excludes, &mut exclude_rule),
             ] {
-                for pattern in patterns {
-                    match expand(pattern, &roots) {
-                        Ok(expanded) => {
-                            for p in expanded {
-                                match glob(&p) {
-                                    Ok(g) => {
-                                        set.add(g);
-                                        owners.push(i);
-                                    }
-                                    Err(e) => problem(e),
-                                }
-                            }
-                        }
-                        Err(e) => problem(e),
-                    }
+                for g in rule_globs(patterns, &roots, &mut problem) {
+                    set.add(g);
+                    owners.push(i);
                 }
             }
-            let owner = rc.owner.as_ref().map(|o| resolve(o, ids::IdKind::User));
-            let group = rc.group.as_ref().map(|g| resolve(g, ids::IdKind::Group));
-            let owner = match owner {
-                Some(Err(e)) => {
-                    problem(e);
-                    None
-                }
-                other => other.and_then(Result::ok),
-            };
-            let group = match group {
-                Some(Err(e)) => {
-                    problem(e);
-                    None
-                }
-                other => other.and_then(Result::ok),
-            };
+            let owner = resolved(rc.owner.as_ref(), ids::IdKind::User, &mut problem);
+            let group = resolved(rc.group.as_ref(), ids::IdKind::Group, &mut problem);
             rules.push(Rule {
                 name,
                 kind: rc.kind,

@@ -302,6 +302,34 @@ impl Session {
     }
 
     fn handle(&mut self, batch: Vec<notify::Result<notify::Event>>) {
+        let (rescan, paths, departed) = self.triage(batch);
+        for d in &departed {
+            if self.watches.is_watched(d) {
+                self.watches.forget_under(d);
+            }
+        }
+        if rescan {
+            self.full_rescan("after overflow");
+            return;
+        }
+        let (observations, new_dirs, vanished_dirs) = self.examine(paths, &departed);
+        self.record_observations(observations, &vanished_dirs);
+        if !new_dirs.is_empty() {
+            // A parent and its child both new: scanning the parent covers
+            // both (the set is sorted, so parents come first).
+            let mut kept: Vec<PathBuf> = Vec::new();
+            for d in new_dirs {
+                if !kept.iter().any(|k| d.starts_with(k)) {
+                    kept.push(d);
+                }
+            }
+            self.partial_scan(&kept, "of a new directory");
+        }
+    }
+
+    /// What a batch of events asks for: a full rescan (events were lost),
+    /// the paths to look at, and the directories that went away.
+    fn triage(&mut self, batch: Vec<notify::Result<notify::Event>>) -> (bool, BTreeSet<PathBuf>, Vec<PathBuf>) {
         let mut rescan = false;
         let mut paths: BTreeSet<PathBuf> = BTreeSet::new();
         let mut departed: Vec<PathBuf> = Vec::new();
@@ -341,15 +369,17 @@ impl Session {
                 }
             }
         }
-        for d in &departed {
-            if self.watches.is_watched(d) {
-                self.watches.forget_under(d);
-            }
-        }
-        if rescan {
-            self.full_rescan("after overflow");
-            return;
-        }
+        (rescan, paths, departed)
+    }
+
+    /// Each path looked at beneath its root: what it is against the policy
+    /// (remediated where the policy says), directories new to the watch,
+    /// and watched directories that went away.
+    fn examine(
+        &mut self,
+        paths: BTreeSet<PathBuf>,
+        departed: &[PathBuf],
+    ) -> (Vec<Observation>, Vec<PathBuf>, Vec<PathBuf>) {
         let mut observations = Vec::new();
         let mut new_dirs = Vec::new();
         let mut scratch = Vec::new();
@@ -407,6 +437,12 @@ impl Session {
                 Err(e) => warn!("watch-perms: cannot examine {}: {e}", path.display()),
             }
         }
+        (observations, new_dirs, vanished_dirs)
+    }
+
+    /// Records the observations, and closes drift recorded below a
+    /// directory that went away.
+    fn record_observations(&mut self, mut observations: Vec<Observation>, vanished_dirs: &[PathBuf]) {
         let host = self.host.clone();
         if !observations.is_empty() || !vanished_dirs.is_empty() {
             let Some(conn) = self.conn() else { return };
@@ -425,18 +461,6 @@ impl Session {
             if let Err(e) = result {
                 self.lost_connection(&e);
             }
-        }
-        if !new_dirs.is_empty() {
-            // A parent and its child both new: scanning the parent covers
-            // both (the set is sorted, so parents come first).
-            let mut kept: Vec<PathBuf> = Vec::new();
-            for d in new_dirs {
-                if !kept.iter().any(|k| d.starts_with(k)) {
-                    kept.push(d);
-                }
-            }
-            let new_dirs = kept;
-            self.partial_scan(&new_dirs, "of a new directory");
         }
     }
 }
