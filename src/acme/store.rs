@@ -70,16 +70,10 @@ pub fn ensure(
         certificates::failures.eq(0),
         certificates::updated_at.eq(now),
     );
-    match conn {
-        DbConnection::Postgres(pg) => diesel::insert_into(certificates::table)
-            .values(values)
-            .on_conflict_do_nothing()
-            .execute(pg)?,
-        DbConnection::Sqlite(lite) => diesel::insert_into(certificates::table)
-            .values(values)
-            .on_conflict_do_nothing()
-            .execute(lite)?,
-    };
+    crate::on_backend!(conn, c => diesel::insert_into(certificates::table)
+        .values(values)
+        .on_conflict_do_nothing()
+        .execute(c))?;
     certificates::table
         .filter(certificates::name.eq(name))
         .select(CertRow::as_select())

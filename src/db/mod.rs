@@ -1,9 +1,12 @@
 //! The database: one code path for PostgreSQL and SQLite.
 //!
 //! [`DbConnection`] is a Diesel `MultiConnection` over both backends, so
-//! queries are written once with Diesel's query builder. The few statements
-//! that exist on one backend only (advisory locks, upserts, pragmas) live in
-//! [`lock`] and [`migrate`], which match on the connection.
+//! queries are written once with Diesel's query builder. Statements that
+//! must be typed against the concrete connection (upserts, batch inserts,
+//! `RETURNING`) are still written once, through [`crate::on_backend!`]; those that
+//! exist on one backend only live here: [`postgres`] (reached through
+//! [`DbConnection::as_postgres`]), [`lock`] (advisory locks, SQLite
+//! leases) and [`migrate`]. No module above matches on the backend.
 //!
 //! Imports: telemetry, config.
 
@@ -72,7 +75,48 @@ impl DbError {
     }
 }
 
+/// Runs one statement, written once, on whichever backend `conn` is. For
+/// what Diesel's `MultiConnection` cannot run generically (upserts, batch
+/// inserts, `RETURNING`): those must be typed against the concrete
+/// connection, so the body is compiled once per backend. Statements that
+/// differ between the backends do not use it; they live in `db/`.
+///
+/// `on_backend!(conn, c => diesel::insert_into(t).values(v).execute(c))`
+#[macro_export]
+macro_rules! on_backend {
+    ($conn:expr, $c:ident => $body:expr) => {
+        match $conn {
+            $crate::db::DbConnection::Postgres($c) => $body,
+            $crate::db::DbConnection::Sqlite($c) => $body,
+        }
+    };
+}
+
+/// Which backend a connection talks to, for the few decisions that
+/// depend on it (one statement or a transaction).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
 impl DbConnection {
+    /// The PostgreSQL connection, for the statements only PostgreSQL runs
+    /// ([`postgres`]); `None` on SQLite, which takes the portable path.
+    pub fn as_postgres(&mut self) -> Option<&mut PgConnection> {
+        match self {
+            DbConnection::Postgres(pg) => Some(pg),
+            DbConnection::Sqlite(_) => None,
+        }
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self {
+            DbConnection::Postgres(_) => Backend::Postgres,
+            DbConnection::Sqlite(_) => Backend::Sqlite,
+        }
+    }
+
     /// Runs `f` in a transaction meant to write. On SQLite it begins
     /// `IMMEDIATE`: a deferred transaction that reads and then writes cannot
     /// upgrade while another connection writes, and fails with "database is

@@ -37,3 +37,28 @@ pub fn expire_keys_with_events(
     .load(conn)?;
     Ok(rows.into_iter().map(|r| r.prefix).collect())
 }
+
+/// Refreshes the planner's statistics of the outbox (see
+/// `notify::outbox::refresh_statistics`).
+pub fn analyze_notifications(conn: &mut PgConnection) -> QueryResult<usize> {
+    diesel::sql_query("ANALYZE notifications").execute(conn)
+}
+
+/// Marks notifications sent, each id with its own Message-ID, in one
+/// statement: the two arrays are unnested side by side.
+pub fn mark_sent_unnested(
+    conn: &mut PgConnection,
+    ids: Vec<i64>,
+    message_ids: Vec<&str>,
+    now: NaiveDateTime,
+) -> QueryResult<usize> {
+    diesel::sql_query(
+        "UPDATE notifications AS n SET status = 'sent', claimed_by = NULL, sent_at = $3, \
+         message_id = v.message_id, attempts = n.attempts + 1, last_error = NULL, updated_at = $3 \
+         FROM unnest($1::bigint[], $2::text[]) AS v(id, message_id) WHERE n.id = v.id",
+    )
+    .bind::<Array<BigInt>, _>(ids)
+    .bind::<Array<Text>, _>(message_ids)
+    .bind::<Timestamp, _>(now)
+    .execute(conn)
+}

@@ -83,7 +83,7 @@ impl Expirer {
 /// Expires the given keys that are still active and due, with their audit
 /// events, in one transaction; returns their prefixes.
 pub fn expire_ids(conn: &mut DbConnection, ids: &[i64], now: NaiveDateTime, actor: &str) -> QueryResult<Vec<String>> {
-    if let DbConnection::Postgres(pg) = conn {
+    if let Some(pg) = conn.as_postgres() {
         // One statement is one transaction.
         return crate::db::postgres::expire_keys_with_events(pg, ids, now, actor);
     }

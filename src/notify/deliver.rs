@@ -227,7 +227,7 @@ fn record_outcomes(
     // PostgreSQL batch is one statement however many messages it covers).
     let failures = done.iter().filter(|(_, r)| r.is_err()).count();
     let statements = failures + usize::from(done.len() > failures);
-    let one_statement = statements <= 1 && (done.len() <= 1 || matches!(conn, DbConnection::Postgres(_)));
+    let one_statement = statements <= 1 && (done.len() <= 1 || conn.backend() == crate::db::Backend::Postgres);
     let recorded = if one_statement {
         record(conn, report)
     } else {

@@ -191,10 +191,11 @@ pub fn for_each_due_batch(
                             .load::<Candidate>($c)?
                     };
                 }
-                let batch: Vec<Candidate> = match conn {
-                    DbConnection::Postgres(pg) => due!(BATCH_POSTGRES, pg),
-                    DbConnection::Sqlite(lite) => due!(BATCH_SQLITE, lite),
+                let sql = match conn.backend() {
+                    crate::db::Backend::Postgres => BATCH_POSTGRES,
+                    crate::db::Backend::Sqlite => BATCH_SQLITE,
                 };
+                let batch: Vec<Candidate> = crate::on_backend!(conn, c => due!(sql, c));
                 let Some(last) = batch.last() else { break };
                 cursor = (last.expires_at, last.id);
                 let full = batch.len() as i64 == DETECT_BATCH;

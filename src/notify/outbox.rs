@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::{kind, status};
 use crate::db::holder::Holder;
 use crate::db::schema::notifications;
-use crate::db::DbConnection;
+use crate::db::{Backend, DbConnection};
 
 /// A row to enqueue. `None` is stored as NULL, which lets SQLite take these
 /// in multi-row inserts.
@@ -65,8 +65,8 @@ pub const ANALYZE_AFTER: usize = 5000;
 /// table's owner (keywarden's own user, which runs the migrations); without
 /// that right it is skipped.
 pub fn refresh_statistics(conn: &mut DbConnection) {
-    if let DbConnection::Postgres(pg) = conn {
-        if let Err(e) = diesel::sql_query("ANALYZE notifications").execute(pg) {
+    if let Some(pg) = conn.as_postgres() {
+        if let Err(e) = crate::db::postgres::analyze_notifications(pg) {
             tracing::debug!("ANALYZE notifications: {e}");
         }
     }
@@ -78,16 +78,10 @@ pub fn enqueue(conn: &mut DbConnection, rows: &[NewNotification]) -> QueryResult
     let mut n = 0;
     // 12 columns a row; stay well under SQLite's bound-parameter limit.
     for chunk in rows.chunks(1000) {
-        n += match conn {
-            DbConnection::Postgres(pg) => diesel::insert_into(notifications::table)
-                .values(chunk)
-                .on_conflict_do_nothing()
-                .execute(pg)?,
-            DbConnection::Sqlite(lite) => diesel::insert_into(notifications::table)
-                .values(chunk)
-                .on_conflict_do_nothing()
-                .execute(lite)?,
-        };
+        n += crate::on_backend!(conn, c => diesel::insert_into(notifications::table)
+            .values(chunk)
+            .on_conflict_do_nothing()
+            .execute(c))?;
     }
     Ok(n)
 }
@@ -255,10 +249,7 @@ pub fn claim(
                     .get_results($c)?
             };
         }
-        let mut claimed: Vec<Notification> = match conn {
-            DbConnection::Postgres(pg) => claim!(pg),
-            DbConnection::Sqlite(lite) => claim!(lite),
-        };
+        let mut claimed: Vec<Notification> = crate::on_backend!(conn, c => claim!(c));
         claimed.sort_by(|a, b| (&a.recipient, a.id).cmp(&(&b.recipient, b.id)));
         Ok(Some(claimed))
     };
@@ -266,9 +257,9 @@ pub fn claim(
         // PostgreSQL: two autocommitted statements, the claim atomic in
         // itself. SQLite: one write transaction (local, and it keeps other
         // writers out between the read and the update).
-        let claimed = match conn {
-            DbConnection::Postgres(_) => claim_once(conn, after)?,
-            DbConnection::Sqlite(_) => conn.write_transaction(|c| claim_once(c, after))?,
+        let claimed = match conn.backend() {
+            Backend::Postgres => claim_once(conn, after)?,
+            Backend::Sqlite => conn.write_transaction(|c| claim_once(c, after))?,
         };
         match claimed {
             None => return Ok(Vec::new()),
@@ -324,31 +315,18 @@ pub fn mark_sent(conn: &mut DbConnection, ids: &[i64], message_id: &str, now: Na
 /// is fixed), one per message on SQLite (where statements cost no round
 /// trip). Run it inside a transaction on SQLite when there are several.
 pub fn mark_sent_many(conn: &mut DbConnection, sent: &[(&[i64], &str)], now: NaiveDateTime) -> QueryResult<usize> {
-    match conn {
-        DbConnection::Postgres(pg) => {
-            use diesel::sql_types::{Array, BigInt, Text, Timestamp};
-            let (ids, message_ids): (Vec<i64>, Vec<&str>) = sent
-                .iter()
-                .flat_map(|(ids, mid)| ids.iter().map(move |id| (*id, *mid)))
-                .unzip();
-            diesel::sql_query(
-                "UPDATE notifications AS n SET status = 'sent', claimed_by = NULL, sent_at = $3, \
-                 message_id = v.message_id, attempts = n.attempts + 1, last_error = NULL, updated_at = $3 \
-                 FROM unnest($1::bigint[], $2::text[]) AS v(id, message_id) WHERE n.id = v.id",
-            )
-            .bind::<Array<BigInt>, _>(ids)
-            .bind::<Array<Text>, _>(message_ids)
-            .bind::<Timestamp, _>(now)
-            .execute(pg)
-        }
-        DbConnection::Sqlite(_) => {
-            let mut n = 0;
-            for (ids, mid) in sent {
-                n += mark_sent(conn, ids, mid, now)?;
-            }
-            Ok(n)
-        }
+    if let Some(pg) = conn.as_postgres() {
+        let (ids, message_ids): (Vec<i64>, Vec<&str>) = sent
+            .iter()
+            .flat_map(|(ids, mid)| ids.iter().map(move |id| (*id, *mid)))
+            .unzip();
+        return crate::db::postgres::mark_sent_unnested(pg, ids, message_ids, now);
     }
+    let mut n = 0;
+    for (ids, mid) in sent {
+        n += mark_sent(conn, ids, mid, now)?;
+    }
+    Ok(n)
 }
 
 pub fn mark_cancelled(conn: &mut DbConnection, ids: &[i64], why: &str, now: NaiveDateTime) -> QueryResult<usize> {

@@ -202,14 +202,9 @@ pub fn record(
 fn insert_events(conn: &mut DbConnection, events: &[NewEvent]) -> QueryResult<()> {
     // 10 columns a row: chunks stay under SQLite's bound-parameter limit.
     for chunk in events.chunks(1000) {
-        match conn {
-            DbConnection::Postgres(pg) => diesel::insert_into(permission_events::table)
-                .values(chunk)
-                .execute(pg)?,
-            DbConnection::Sqlite(lite) => diesel::insert_into(permission_events::table)
-                .values(chunk)
-                .execute(lite)?,
-        };
+        crate::on_backend!(conn, c => diesel::insert_into(permission_events::table)
+            .values(chunk)
+            .execute(c))?;
     }
     Ok(())
 }
@@ -329,16 +324,10 @@ fn record_open(
         detected_at: now,
         updated_at: now,
     };
-    let inserted = match conn {
-        DbConnection::Postgres(pg) => diesel::insert_into(permission_drift::table)
-            .values(&row)
-            .on_conflict_do_nothing()
-            .execute(pg)?,
-        DbConnection::Sqlite(lite) => diesel::insert_into(permission_drift::table)
-            .values(&row)
-            .on_conflict_do_nothing()
-            .execute(lite)?,
-    };
+    let inserted = crate::on_backend!(conn, c => diesel::insert_into(permission_drift::table)
+        .values(&row)
+        .on_conflict_do_nothing()
+        .execute(c))?;
     let changed = if inserted == 1 {
         1
     } else {
@@ -397,10 +386,7 @@ fn delete_drift(conn: &mut DbConnection, host: &str, path: &str) -> QueryResult<
     let q = diesel::delete(permission_drift::table)
         .filter(permission_drift::host.eq(host))
         .filter(permission_drift::path.eq(path));
-    match conn {
-        DbConnection::Postgres(pg) => q.returning(Drift::as_returning()).get_result(pg).optional(),
-        DbConnection::Sqlite(lite) => q.returning(Drift::as_returning()).get_result(lite).optional(),
-    }
+    crate::on_backend!(conn, c => q.returning(Drift::as_returning()).get_result(c).optional())
 }
 
 /// Journald gets every event as a structured warning (or notice, once put
