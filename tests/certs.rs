@@ -24,6 +24,7 @@ both_backends!(
     monitored_certificates_from_a_file_and_a_live_server,
     the_daemon_keeps_a_certificate_renewed,
     the_daemon_retries_a_failed_renewal_after_a_minute,
+    a_ca_that_forgot_the_account_gets_a_new_one,
 );
 
 fn the_daemon_retries_a_failed_renewal_after_a_minute(backend: Backend) {
@@ -617,5 +618,42 @@ fn certificate_configuration_mistakes_are_reported_with_their_place() {
     assert!(
         err.lines().all(|l| l.starts_with(&format!("{}:", config.display()))),
         "{err}"
+    );
+}
+
+/// A CA that no longer knows the stored account (pebble restarted, as a
+/// staging CA is reset) answers `accountDoesNotExist`: the account file is
+/// set aside, a new account registered, and the renewal goes through.
+fn a_ca_that_forgot_the_account_gets_a_new_one(backend: Backend) {
+    let db = TestDb::new(backend);
+    let mut pebble = Pebble::start(db.path(), Options::default());
+    let (section, site) = cert_section(
+        db.path(),
+        "site",
+        &["forgot.test"],
+        &format!("{{ type = \"http-01\", listen = \"127.0.0.1:{}\" }}", pebble.http_port),
+        "",
+    );
+    let account = db.path().join("acme/account.json");
+    let config = db.write_config(
+        "k.toml",
+        &format!("{QUIET_JOBS}{}{section}", pebble.acme_section(&account)),
+    );
+    let _migrated = db.conn();
+    let out = keywarden(&config, &["certs", "renew", "site"]);
+    assert!(out.status.success(), "{}", out_text(&out));
+    assert!(account.exists() && site.cert.exists());
+
+    pebble.stop();
+    pebble.resume();
+    let out = keywarden(&config, &["certs", "renew", "site", "--force"]);
+    assert!(out.status.success(), "{}", out_text(&out));
+    let aside = db.path().join("acme/account.json.unknown");
+    assert!(aside.exists(), "the unknown account is kept aside");
+    assert!(account.exists(), "a new account is stored");
+    assert_ne!(
+        std::fs::read(&aside).unwrap(),
+        std::fs::read(&account).unwrap(),
+        "the stored account is a new one"
     );
 }

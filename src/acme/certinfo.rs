@@ -10,6 +10,19 @@ use x509_parser::public_key::PublicKey;
 use crate::config::acme::KeyType;
 
 /// The leaf certificate of a chain, as parsed.
+/// Why a certificate could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("not a PEM file: {0}")]
+    Pem(#[source] x509_parser::error::PEMError),
+    #[error("no CERTIFICATE block in the file")]
+    NoCertificate,
+    #[error("not an X.509 certificate: {0}")]
+    X509(#[source] x509_parser::nom::Err<x509_parser::error::X509Error>),
+    #[error("timestamp {0} out of range")]
+    Timestamp(i64),
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertInfo {
     /// Hex, colon-free, as `openssl x509 -serial` prints it.
@@ -37,29 +50,29 @@ impl CertInfo {
 }
 
 /// The DER certificates in a PEM file, in order.
-pub fn pem_chain(pem: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+pub fn pem_chain(pem: &[u8]) -> Result<Vec<Vec<u8>>, CertError> {
     let mut out = Vec::new();
     for item in Pem::iter_from_buffer(pem) {
-        let item = item.map_err(|e| format!("not a PEM file: {e}"))?;
+        let item = item.map_err(CertError::Pem)?;
         if item.label == "CERTIFICATE" {
             out.push(item.contents);
         }
     }
     if out.is_empty() {
-        return Err("no CERTIFICATE block in the file".into());
+        return Err(CertError::NoCertificate);
     }
     Ok(out)
 }
 
-fn timestamp(t: i64) -> Result<NaiveDateTime, String> {
+fn timestamp(t: i64) -> Result<NaiveDateTime, CertError> {
     DateTime::from_timestamp(t, 0)
         .map(|d| d.naive_utc())
-        .ok_or_else(|| format!("timestamp {t} out of range"))
+        .ok_or(CertError::Timestamp(t))
 }
 
 /// Parses one DER certificate.
-pub fn parse(der: &[u8]) -> Result<CertInfo, String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| format!("not an X.509 certificate: {e}"))?;
+pub fn parse(der: &[u8]) -> Result<CertInfo, CertError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(CertError::X509)?;
     let validity = cert.validity();
     let mut domains = Vec::new();
     let mut aki = None;
@@ -113,7 +126,7 @@ pub fn parse(der: &[u8]) -> Result<CertInfo, String> {
 }
 
 /// Parses the leaf (first certificate) of a PEM chain.
-pub fn parse_pem_leaf(pem: &[u8]) -> Result<CertInfo, String> {
+pub fn parse_pem_leaf(pem: &[u8]) -> Result<CertInfo, CertError> {
     let chain = pem_chain(pem)?;
     parse(&chain[0])
 }

@@ -27,7 +27,7 @@ fn builder(acme: &AcmeConfig) -> Result<instant_acme::AccountBuilder, AcmeError>
         Some(ca) => {
             Account::builder_with_root(ca).map_err(|e| AcmeError::Config(format!("acme.ca_file {}: {e}", ca.display())))
         }
-        None => Account::builder().map_err(|e| AcmeError::Protocol(e.to_string())),
+        None => Account::builder().map_err(AcmeError::ca("setting up the HTTP client")),
     }
 }
 
@@ -45,14 +45,14 @@ pub async fn account(acme: &AcmeConfig) -> Result<Account, AcmeError> {
                 )));
             }
             let text = zeroize::Zeroizing::new(
-                std::fs::read_to_string(path).map_err(|e| AcmeError::Io(format!("{}: {e}", path.display())))?,
+                std::fs::read_to_string(path).map_err(AcmeError::io(path.display().to_string()))?,
             );
             let creds: AccountCredentials = serde_json::from_str(&text)
                 .map_err(|_| AcmeError::Config(format!("{} is not an account credentials file", path.display())))?;
             builder(acme)?
                 .from_credentials(creds)
                 .await
-                .map_err(|e| AcmeError::Protocol(format!("loading the account: {e}")))
+                .map_err(AcmeError::ca("loading the account"))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let contact: Vec<&str> = acme.contact.iter().map(String::as_str).collect();
@@ -81,9 +81,11 @@ pub async fn account(acme: &AcmeConfig) -> Result<Account, AcmeError> {
                     eab.as_ref(),
                 )
                 .await
-                .map_err(|e| AcmeError::Protocol(format!("creating the account: {e}")))?;
+                .map_err(AcmeError::ca("creating the account"))?;
             let json =
-                zeroize::Zeroizing::new(serde_json::to_string(&creds).map_err(|e| AcmeError::Io(e.to_string()))?);
+                zeroize::Zeroizing::new(serde_json::to_string(&creds).map_err(|e| {
+                    AcmeError::Protocol(format!("the account credentials cannot be written as JSON: {e}"))
+                })?);
             super::install::write_atomically(
                 &super::install::Target {
                     path,
@@ -93,7 +95,7 @@ pub async fn account(acme: &AcmeConfig) -> Result<Account, AcmeError> {
                 },
                 json.as_bytes(),
             )
-            .map_err(|e| AcmeError::Io(format!("saving the account to {}: {e}", path.display())))?;
+            .map_err(AcmeError::io(format!("saving the account to {}", path.display())))?;
             tracing::info!(
                 "ACME account created at {} and saved to {}",
                 acme.directory,
@@ -101,7 +103,7 @@ pub async fn account(acme: &AcmeConfig) -> Result<Account, AcmeError> {
             );
             Ok(account)
         }
-        Err(e) => Err(AcmeError::Io(format!("{}: {e}", path.display()))),
+        Err(e) => Err(AcmeError::io(path.display().to_string())(e)),
     }
 }
 
@@ -111,7 +113,7 @@ fn new_key(key_type: KeyType) -> Result<rcgen::KeyPair, AcmeError> {
         KeyType::EcdsaP384 => &rcgen::PKCS_ECDSA_P384_SHA384,
         KeyType::Rsa2048 | KeyType::Rsa3072 => return super::rsa::generate(key_type),
     };
-    rcgen::KeyPair::generate_for(alg).map_err(|e| AcmeError::Crypto(e.to_string()))
+    Ok(rcgen::KeyPair::generate_for(alg)?)
 }
 
 /// Runs one order for `cert` to its certificate. `replaces` is the ARI id
@@ -146,7 +148,7 @@ pub async fn issue(
     let mut order = account
         .new_order(&new_order)
         .await
-        .map_err(|e| AcmeError::Protocol(format!("new order: {e}")))?;
+        .map_err(AcmeError::ca("new order"))?;
 
     // Responders live until the order is done; dropping them cleans up.
     let mut responders = Responders::bind(cert).await?;
@@ -157,7 +159,7 @@ pub async fn issue(
     let status = order
         .poll_ready(&retry)
         .await
-        .map_err(|e| AcmeError::Protocol(format!("waiting for validation: {e}")))?;
+        .map_err(AcmeError::ca("waiting for validation"))?;
     if status != OrderStatus::Ready {
         let state = order.state();
         let detail = state
@@ -171,18 +173,13 @@ pub async fn issue(
         )));
     }
     let key = new_key(cert.key_type)?;
-    let params = rcgen::CertificateParams::new(cert.domains.clone()).map_err(|e| AcmeError::Crypto(e.to_string()))?;
-    let csr = params
-        .serialize_request(&key)
-        .map_err(|e| AcmeError::Crypto(e.to_string()))?;
-    order
-        .finalize_csr(csr.der())
-        .await
-        .map_err(|e| AcmeError::Protocol(format!("finalize: {e}")))?;
+    let params = rcgen::CertificateParams::new(cert.domains.clone())?;
+    let csr = params.serialize_request(&key)?;
+    order.finalize_csr(csr.der()).await.map_err(AcmeError::ca("finalize"))?;
     let chain_pem = order
         .poll_certificate(&retry)
         .await
-        .map_err(|e| AcmeError::Protocol(format!("downloading the certificate: {e}")))?;
+        .map_err(AcmeError::ca("downloading the certificate"))?;
     drop(responders);
     Ok(Issued {
         key_pem: zeroize::Zeroizing::new(key.serialize_pem()),
@@ -275,7 +272,7 @@ async fn prove_control(
     let mut ready = Vec::new();
     let mut authorizations = order.authorizations();
     while let Some(next) = authorizations.next().await {
-        let mut authz = next.map_err(|e| AcmeError::Protocol(format!("authorization: {e}")))?;
+        let mut authz = next.map_err(AcmeError::ca("authorization"))?;
         match authz.status {
             AuthorizationStatus::Valid => continue,
             AuthorizationStatus::Pending => {}
@@ -299,7 +296,7 @@ async fn prove_control(
         challenge
             .set_ready()
             .await
-            .map_err(|e| AcmeError::Protocol(format!("challenge for {domain}: {e}")))?;
+            .map_err(AcmeError::ca("marking a challenge ready"))?;
         ready.push(domain);
     }
     Ok(ready)
@@ -328,6 +325,6 @@ pub async fn renewal_window(
             }
         }
         Err(instant_acme::Error::Unsupported(_)) => Ok(None),
-        Err(e) => Err(AcmeError::Protocol(format!("renewal info: {e}"))),
+        Err(e) => Err(AcmeError::ca("renewal info")(e)),
     }
 }

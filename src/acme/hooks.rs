@@ -8,11 +8,40 @@ use std::time::{Duration, Instant};
 /// The first bytes of a hook's output kept for messages.
 const OUTPUT_KEPT: usize = 2000;
 
+/// Why a hook did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    #[error("empty command")]
+    Empty,
+    #[error("cannot run {program}: {source}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{program} did not finish within {}s and was killed", .after.as_secs())]
+    TimedOut { program: String, after: Duration },
+    #[error("waiting for {program}: {source}")]
+    Wait {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// It ran and failed; its output (cut short) says why.
+    #[error("{program} exited with {status}: {output}")]
+    Failed {
+        program: String,
+        status: std::process::ExitStatus,
+        output: String,
+    },
+}
+
 /// Runs `argv` with `env` added; `Ok(output)` when it exits 0 in time.
-pub fn run(argv: &[String], env: &[(&str, String)], timeout: Duration) -> Result<String, String> {
+pub fn run(argv: &[String], env: &[(&str, String)], timeout: Duration) -> Result<String, HookError> {
     let Some((program, args)) = argv.split_first() else {
-        return Err("empty command".into());
+        return Err(HookError::Empty);
     };
+    let program_name = || program.to_string();
     let mut child = Command::new(program)
         .args(args)
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
@@ -20,7 +49,10 @@ pub fn run(argv: &[String], env: &[(&str, String)], timeout: Duration) -> Result
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("cannot run {program}: {e}"))?;
+        .map_err(|source| HookError::Spawn {
+            program: program_name(),
+            source,
+        })?;
     // Drain both pipes on threads, so a chatty hook cannot block on a full pipe.
     let drain = |pipe: Option<Box<dyn Read + Send>>| {
         std::thread::spawn(move || {
@@ -40,13 +72,18 @@ pub fn run(argv: &[String], env: &[(&str, String)], timeout: Duration) -> Result
             Ok(None) if Instant::now() >= deadline => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!(
-                    "{program} did not finish within {}s and was killed",
-                    timeout.as_secs()
-                ));
+                return Err(HookError::TimedOut {
+                    program: program_name(),
+                    after: timeout,
+                });
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => return Err(format!("waiting for {program}: {e}")),
+            Err(source) => {
+                return Err(HookError::Wait {
+                    program: program_name(),
+                    source,
+                })
+            }
         }
     };
     let mut output = stdout.join().unwrap_or_default();
@@ -56,6 +93,10 @@ pub fn run(argv: &[String], env: &[(&str, String)], timeout: Duration) -> Result
     if status.success() {
         Ok(text)
     } else {
-        Err(format!("{program} exited with {status}: {text}"))
+        Err(HookError::Failed {
+            program: program_name(),
+            status,
+            output: text,
+        })
     }
 }

@@ -34,16 +34,64 @@ pub mod timing;
 /// Why a certificate could not be obtained or checked.
 #[derive(Debug, thiserror::Error)]
 pub enum AcmeError {
+    /// A configuration mistake only found at run time (an unreadable EAB
+    /// key, an account file readable by others), said for the admin.
     #[error("{0}")]
     Config(String),
+    /// The CA answered with an error, or could not be reached.
+    #[error("ACME: {during}: {source}")]
+    Ca {
+        during: &'static str,
+        #[source]
+        source: instant_acme::Error,
+    },
+    /// The CA does not know the stored account (a test CA restarted, a
+    /// staging reset): registering again is the remedy.
+    #[error("ACME: {during}: the CA does not know the stored account ({source})")]
+    UnknownAccount {
+        during: &'static str,
+        #[source]
+        source: instant_acme::Error,
+    },
+    #[error("the issued certificate: {0}")]
+    Certificate(#[from] certinfo::CertError),
+    /// The CA's answers do not add up (a certificate for other names, an
+    /// order that never completes).
     #[error("ACME: {0}")]
     Protocol(String),
     #[error("challenge: {0}")]
     Challenge(String),
     #[error("key generation: {0}")]
-    Crypto(String),
-    #[error("{0}")]
-    Io(String),
+    Key(#[from] rcgen::Error),
+    #[error("RSA key generation: {0}")]
+    Rsa(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("database: {}", crate::db::describe_error(.0))]
     Db(#[from] diesel::result::Error),
+}
+
+impl AcmeError {
+    /// Maps an error of the ACME client, telling an unknown account apart
+    /// by the problem type the CA sends (RFC 8555, 6.7).
+    pub fn ca(during: &'static str) -> impl FnOnce(instant_acme::Error) -> AcmeError {
+        move |source| match &source {
+            instant_acme::Error::Api(problem)
+                if problem.r#type.as_deref() == Some("urn:ietf:params:acme:error:accountDoesNotExist") =>
+            {
+                AcmeError::UnknownAccount { during, source }
+            }
+            _ => AcmeError::Ca { during, source },
+        }
+    }
+
+    /// An I/O error, with what was being done.
+    pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AcmeError {
+        let what = what.into();
+        move |source| AcmeError::Io { what, source }
+    }
 }

@@ -90,7 +90,7 @@ pub fn run_pass(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| AcmeError::Io(e.to_string()))?;
+        .map_err(AcmeError::io("starting the ACME runtime"))?;
     let mut session = Session {
         conn,
         config,
@@ -249,7 +249,7 @@ impl Session<'_> {
         info!(cert = %cert.name, "certificate {}: issuing ({why})", cert.name);
         let replaces = self.replaces(installed.as_ref().ok());
         let mut obtained = self.obtain_and_install(cert, replaces.as_deref());
-        if matches!(&obtained, Err(AcmeError::Protocol(e)) if e.contains("accountDoesNotExist")) {
+        if matches!(&obtained, Err(AcmeError::UnknownAccount { .. })) {
             // The CA no longer knows the stored account (a test CA restarted,
             // a staging reset): set the file aside and register again, once.
             if let Some(acme) = &self.config.acme {
@@ -313,7 +313,7 @@ impl Session<'_> {
             .runtime
             .block_on(async { tokio::time::timeout(timeout, client::issue(acme, &account, cert, replaces)).await })
             .map_err(|_| AcmeError::Protocol(format!("the order did not complete within {}s", timeout.as_secs())))??;
-        let info = certinfo::parse_pem_leaf(issued.chain_pem.as_bytes()).map_err(AcmeError::Protocol)?;
+        let info = certinfo::parse_pem_leaf(issued.chain_pem.as_bytes())?;
         if !info.matches_domains(&cert.domains) {
             return Err(AcmeError::Protocol(format!(
                 "the CA issued a certificate for {} instead of {}",
@@ -340,7 +340,7 @@ impl Session<'_> {
             },
             issued.chain_pem.as_bytes(),
         )
-        .map_err(|e| AcmeError::Io(format!("installing {}: {e}", cert.cert_file.display())))?;
+        .map_err(AcmeError::io(format!("installing {}", cert.cert_file.display())))?;
         Ok(info)
     }
 
@@ -462,8 +462,9 @@ impl Session<'_> {
                 })
             }
             Err(e) => {
+                let e = e.to_string();
                 store::record_error(self.conn, row.id, &e, now)?;
-                warn!(cert = %m.name, "monitored certificate {} unreadable: {}", m.name, one_line(&e.to_string()));
+                warn!(cert = %m.name, "monitored certificate {} unreadable: {}", m.name, one_line(&e));
                 Ok(Report {
                     name: m.name.clone(),
                     kind: kind::MONITORED,

@@ -12,11 +12,10 @@ pub fn generate(key_type: KeyType) -> Result<rcgen::KeyPair, AcmeError> {
     let bits = match key_type {
         KeyType::Rsa2048 => 2048,
         KeyType::Rsa3072 => 3072,
-        other => return Err(AcmeError::Crypto(format!("{} is not an RSA key type", other.as_str()))),
+        other => return Err(AcmeError::Rsa(format!("{} is not an RSA key type", other.as_str()))),
     };
-    let key =
-        rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, bits).map_err(|e| AcmeError::Crypto(e.to_string()))?;
-    let der = key.to_pkcs8_der().map_err(|e| AcmeError::Crypto(e.to_string()))?;
+    let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, bits).map_err(|e| AcmeError::Rsa(e.to_string()))?;
+    let der = key.to_pkcs8_der().map_err(|e| AcmeError::Rsa(e.to_string()))?;
     rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&PrivatePkcs8KeyDer::from(der.as_bytes()), &rcgen::PKCS_RSA_SHA256)
-        .map_err(|e| AcmeError::Crypto(e.to_string()))
+        .map_err(|e| AcmeError::Rsa(e.to_string()))
 }

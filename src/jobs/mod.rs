@@ -93,8 +93,22 @@ pub enum JobError {
     LockLost,
     #[error("the job panicked: {0}")]
     Panicked(String),
-    #[error("{0}")]
-    Failed(String),
+    #[error("the email templates: {0}")]
+    Templates(#[from] crate::notify::render::RenderError),
+    #[error("the mail transport: {0}")]
+    Transport(#[from] crate::notify::transport::TransportError),
+    /// Nothing was delivered while notices wait: an outage of the mail
+    /// server (or a configuration it refuses) is a failing run.
+    #[error("no email could be sent: {overdue} notice(s) wait to be retried, {failed} failed for good in this run{}; see `keywarden notifications list`", .last_error.as_ref().map(|e| format!("; last error: {e}")).unwrap_or_default())]
+    NothingDelivered {
+        overdue: i64,
+        failed: u64,
+        last_error: Option<String>,
+    },
+    #[error(transparent)]
+    Acme(#[from] crate::acme::AcmeError),
+    #[error("the permission policy: {}", .0.iter().map(|p| p.message.as_str()).collect::<Vec<_>>().join("; "))]
+    Policy(Vec<crate::config::RuleProblem>),
 }
 
 /// Runs `work` under `spec`'s lock, as every run of the job runs: for work

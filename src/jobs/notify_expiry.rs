@@ -44,9 +44,9 @@ pub fn run(ctx: &mut JobContext<'_>) -> Result<JobReport, JobError> {
             "enqueued {} expiry notice(s)", enqueued
         );
     }
-    let templates = Templates::load(cfg).map_err(|e| JobError::Failed(e.to_string()))?;
+    let templates = Templates::load(cfg)?;
     let (hello_name, _) = ctx.config.mail_host_name();
-    let mailer = Mailer::from_config(cfg, &hello_name).map_err(|e| JobError::Failed(e.to_string()))?;
+    let mailer = Mailer::from_config(cfg, &hello_name)?;
     let released = release_abandoned(ctx.conn, ctx.holder, crate::db::now())?;
     if released > 0 {
         info!("{released} notice(s) left sending by a run that stopped are due again");
@@ -95,11 +95,11 @@ pub fn run(ctx: &mut JobContext<'_>) -> Result<JobReport, JobError> {
     if total.messages == 0 {
         let (overdue, last_error) = outbox::overdue_after_failure(ctx.conn)?;
         if overdue > 0 || total.failed > 0 {
-            return Err(JobError::Failed(format!(
-                "no email could be sent: {overdue} notice(s) wait to be retried, {} failed for good in this run{}; see `keywarden notifications list`",
-                total.failed,
-                last_error.map(|e| format!("; last error: {e}")).unwrap_or_default()
-            )));
+            return Err(JobError::NothingDelivered {
+                overdue,
+                failed: total.failed,
+                last_error,
+            });
         }
     }
     Ok(report)

@@ -28,7 +28,7 @@ pub fn run(ctx: &mut JobContext<'_>) -> Result<JobReport, JobError> {
     if ctx.config.certificates.is_empty() && ctx.config.monitors.is_empty() {
         return Ok(JobReport::default());
     }
-    let reports = run_pass(ctx.conn, ctx.config, None, Mode::Renew).map_err(|e| JobError::Failed(e.to_string()))?;
+    let reports = run_pass(ctx.conn, ctx.config, None, Mode::Renew)?;
     let renewed = reports
         .iter()
         .filter(|r| matches!(r.outcome, Outcome::Renewed { .. }))

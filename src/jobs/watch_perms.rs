@@ -27,8 +27,7 @@ pub const JOB: JobSpec = JobSpec {
 };
 
 pub fn run(ctx: &mut JobContext<'_>) -> Result<JobReport, JobError> {
-    let policy = Policy::compile(&ctx.config.permissions)
-        .map_err(|errors| JobError::Failed(errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")))?;
+    let policy = Policy::compile(&ctx.config.permissions).map_err(JobError::Policy)?;
     if policy.roots().is_empty() {
         info!("watch-perms: no permissions.roots configured; nothing to scan");
         return Ok(JobReport::default());
