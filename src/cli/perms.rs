@@ -100,7 +100,7 @@ fn scan_command(path: &Path, fix: bool, json: bool) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let policy = match Policy::compile(&config.permissions) {
+    let policy = match Policy::of(&config.permissions) {
         Ok(p) => p,
         Err(errors) => {
             for e in errors {

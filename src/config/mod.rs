@@ -44,7 +44,7 @@ pub use keys::{
     ARGON2_MIN_ITERATIONS, ARGON2_MIN_MEMORY_KIB, MIN_AUDIT_RETENTION_DAYS,
 };
 pub use notifications::{is_loopback_host, MailTransport, NotificationsConfig, SmtpConfig, SmtpSecurity};
-pub use permissions::{PermissionsConfig, RuleProblem};
+pub use permissions::{CompiledPolicy, PermissionsConfig, RuleProblem};
 pub use schedule::Schedule;
 pub use secret::{Secret, SecretError, SecretSource};
 
@@ -70,7 +70,8 @@ pub(crate) trait Section: Sized + for<'de> serde::Deserialize<'de> {
 /// (the policy's). Handed in by the caller, so config imports neither.
 pub struct LoadChecks<'a> {
     pub jobs: &'a [JobDefaults],
-    pub permission_rules: fn(&PermissionsConfig) -> Result<(), Vec<RuleProblem>>,
+    /// Compiles the permission rules, or says what is wrong with them.
+    pub permission_rules: fn(&PermissionsConfig) -> Result<CompiledPolicy, Vec<RuleProblem>>,
 }
 
 impl LoadChecks<'static> {
@@ -79,7 +80,7 @@ impl LoadChecks<'static> {
     /// as unit tests of a lower floor.
     pub const SECTIONS_ONLY: LoadChecks<'static> = LoadChecks {
         jobs: &[],
-        permission_rules: |_| Ok(()),
+        permission_rules: |_| Ok(CompiledPolicy::default()),
     };
 }
 
@@ -167,14 +168,17 @@ impl Sections {
                 }
             }
         }
-        if let Err(problems) = (checks.permission_rules)(&permissions) {
-            for p in problems {
-                let at = p
-                    .rule
-                    .and_then(|i| permissions.rules.get(i))
-                    .map(|r| r.span())
-                    .unwrap_or(span.clone());
-                errors.at(at, p.message);
+        match (checks.permission_rules)(&permissions) {
+            Ok(compiled) => permissions.compiled = compiled,
+            Err(problems) => {
+                for p in problems {
+                    let at = p
+                        .rule
+                        .and_then(|i| permissions.rules.get(i))
+                        .map(|r| r.span())
+                        .unwrap_or(span.clone());
+                    errors.at(at, p.message);
+                }
             }
         }
         self.permissions = permissions;
@@ -480,7 +484,7 @@ mod tests {
     fn parse(text: &str) -> Result<Config, ConfigErrors> {
         let checks = LoadChecks {
             jobs: JOBS,
-            permission_rules: |_| Ok(()),
+            permission_rules: |_| Ok(CompiledPolicy::default()),
         };
         Config::from_toml(Path::new("/etc/keywarden/keywarden.toml"), text, &checks)
     }

@@ -124,6 +124,28 @@ pub enum IdSpec {
     Id(u32),
 }
 
+/// The permission policy as the floor above compiled it while loading
+/// (globs built, owner names resolved), kept with the configuration so
+/// that it is compiled once per load and shared by every user of that
+/// configuration. Opaque here: config cannot name the policy's type; the
+/// policy module takes it back out (`perms::Policy::of`).
+#[derive(Clone, Default)]
+pub struct CompiledPolicy(pub Option<std::sync::Arc<dyn std::any::Any + Send + Sync>>);
+
+impl fmt::Debug for CompiledPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() { "compiled" } else { "not compiled" })
+    }
+}
+
+/// Two compiled policies are alike when the sections they come from are:
+/// `PermissionsConfig` compares those.
+impl PartialEq for CompiledPolicy {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
 /// A permission policy that cannot be built, with the place in the
 /// configuration it comes from (`None` for `[permissions]` as a whole,
 /// `Some(i)` for rule i).
@@ -248,6 +270,9 @@ pub struct PermissionsConfig {
     /// Later rules refine earlier ones, field by field.
     #[serde(default)]
     pub rules: Vec<Spanned<RuleConfig>>,
+    /// The policy compiled from the above when the file was loaded.
+    #[serde(skip)]
+    pub compiled: CompiledPolicy,
 }
 
 fn default_true() -> bool {
@@ -270,6 +295,7 @@ impl Default for PermissionsConfig {
             alert_interval: default_alert_interval(),
             fallback_rescan: default_fallback_rescan(),
             rules: Vec::new(),
+            compiled: CompiledPolicy::default(),
         }
     }
 }

@@ -6,7 +6,7 @@ use diesel::QueryResult;
 
 use std::path::Path;
 
-use crate::config::{Config, ConfigErrors, JobDefaults, LoadChecks, PermissionsConfig, RuleProblem};
+use crate::config::{CompiledPolicy, Config, ConfigErrors, JobDefaults, LoadChecks, PermissionsConfig, RuleProblem};
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
@@ -115,8 +115,9 @@ pub fn config_from_toml(path: &Path, text: &str) -> Result<Config, ConfigErrors>
 }
 
 fn checks(jobs: &[JobDefaults]) -> LoadChecks<'_> {
-    fn permission_rules(p: &PermissionsConfig) -> Result<(), Vec<RuleProblem>> {
-        crate::perms::Policy::compile(p).map(drop)
+    fn permission_rules(p: &PermissionsConfig) -> Result<CompiledPolicy, Vec<RuleProblem>> {
+        let policy = crate::perms::Policy::compile(p)?;
+        Ok(CompiledPolicy(Some(Arc::new(policy))))
     }
     LoadChecks { jobs, permission_rules }
 }

@@ -27,7 +27,7 @@ pub const JOB: JobSpec = JobSpec {
 };
 
 pub fn run(ctx: &mut JobContext<'_>) -> Result<JobReport, JobError> {
-    let policy = Policy::compile(&ctx.config.permissions).map_err(JobError::Policy)?;
+    let policy = Policy::of(&ctx.config.permissions).map_err(JobError::Policy)?;
     if policy.roots().is_empty() {
         info!("watch-perms: no permissions.roots configured; nothing to scan");
         return Ok(JobReport::default());

@@ -218,6 +218,20 @@ fn resolved(spec: Option<&IdSpec>, kind: ids::IdKind, problem: &mut impl FnMut(S
 }
 
 impl Policy {
+    /// The policy compiled when this configuration was loaded (once per
+    /// load, shared); compiled now for a configuration loaded without it.
+    pub fn of(cfg: &PermissionsConfig) -> Result<std::sync::Arc<Policy>, Vec<RuleProblem>> {
+        let loaded = cfg
+            .compiled
+            .0
+            .as_ref()
+            .and_then(|p| p.clone().downcast::<Policy>().ok());
+        match loaded {
+            Some(policy) => Ok(policy),
+            None => Policy::compile(cfg).map(std::sync::Arc::new),
+        }
+    }
+
     /// Builds the policy, reporting every problem found.
     pub fn compile(cfg: &PermissionsConfig) -> Result<Policy, Vec<RuleProblem>> {
         let mut errors = Vec::new();
@@ -480,7 +494,9 @@ mod tests {
     fn checks() -> crate::config::LoadChecks<'static> {
         crate::config::LoadChecks {
             jobs: &[],
-            permission_rules: |p| Policy::compile(p).map(drop),
+            permission_rules: |p| {
+                Policy::compile(p).map(|policy| crate::config::CompiledPolicy(Some(std::sync::Arc::new(policy))))
+            },
         }
     }
 

@@ -128,7 +128,7 @@ impl Watches {
 
 /// Runs until `stop` is cancelled. Blocking: run it on a thread of its own.
 pub fn run(database: Database, config: Arc<Config>, stop: CancellationToken) {
-    let policy = match Policy::compile(&config.permissions) {
+    let policy = match Policy::of(&config.permissions) {
         Ok(p) => p,
         Err(errors) => {
             for e in errors {
@@ -228,7 +228,7 @@ pub fn run(database: Database, config: Arc<Config>, stop: CancellationToken) {
 struct Session {
     database: Database,
     config: Arc<Config>,
-    policy: Policy,
+    policy: Arc<Policy>,
     host: String,
     conn: Option<DbConnection>,
     watches: Watches,
