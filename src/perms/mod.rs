@@ -1,6 +1,6 @@
 //! Permission drift: files under watched roots are held to a policy.
 //!
-//! - [`policy`] compiles `[permissions]` (globs, rules refining each other,
+//! - [`policy`] compiles `[permissions]` (globs built by `patterns`, rules refining each other,
 //!   the global rules) and judges one path's metadata.
 //! - [`scan`] walks the roots (metadata only, a few threads, never following
 //!   a symlink) and lists every violation.
@@ -19,6 +19,7 @@
 //! telemetry, config.
 
 pub mod digest;
+mod patterns;
 pub mod policy;
 pub mod remediate;
 pub mod scan;
