@@ -62,3 +62,38 @@ pub fn mark_sent_unnested(
     .bind::<Timestamp, _>(now)
     .execute(conn)
 }
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+/// How many keys with `status` expiring in `(lower, upper]`, of active
+/// owners, have no notice for `window` in their current generation: the
+/// anti-join against the outbox in one statement, which the planner may
+/// run as a (parallel) hash anti-join. Detection asks this first, so a run
+/// with nothing to send costs one anti-join instead of a pass of index
+/// probes over every key near expiry.
+pub fn count_due_key_notices(
+    conn: &mut PgConnection,
+    status: &str,
+    lower: NaiveDateTime,
+    upper: NaiveDateTime,
+    window: &str,
+) -> QueryResult<i64> {
+    let count: Count = diesel::sql_query(
+        "SELECT count(*) AS n FROM api_keys k JOIN users u ON u.id = k.owner_id \
+         WHERE k.status = $1 AND k.expires_at > $2 AND k.expires_at <= $3 AND u.status = 'active' \
+           AND NOT EXISTS (SELECT 1 FROM notifications n WHERE n.subject_kind = 'api_key' \
+                 AND n.subject_id = k.id::text \
+                 AND n.generation = to_char(k.expires_at, 'YYYY-MM-DD\"T\"HH24:MI:SS.US') \
+                 AND n.notice_window = $4)",
+    )
+    .bind::<Text, _>(status)
+    .bind::<Timestamp, _>(lower)
+    .bind::<Timestamp, _>(upper)
+    .bind::<Text, _>(window)
+    .get_result(conn)?;
+    Ok(count.n)
+}

@@ -174,8 +174,21 @@ pub fn for_each_due_batch(
     mut each: impl FnMut(&mut DbConnection, Vec<PlannedNotice>) -> QueryResult<()>,
 ) -> QueryResult<()> {
     use diesel::sql_types::{BigInt, Text, Timestamp};
+    let mut enqueued = false;
     for class in due_classes(cfg, now) {
         for status in class.statuses {
+            // PostgreSQL first counts what is due in one anti-join (hashed,
+            // in parallel when the planner likes): nothing due, no batches.
+            // Only while this run has enqueued nothing: after that the
+            // outbox's statistics are stale, a plan from them could scan
+            // the outbox once per key, and the run is not idle anyway.
+            if let (Some(pg), false) = (conn.as_postgres(), enqueued) {
+                let due =
+                    crate::db::postgres::count_due_key_notices(pg, status, class.lower, class.upper, &class.window)?;
+                if due == 0 {
+                    continue;
+                }
+            }
             let mut cursor = (class.lower, i64::MIN);
             loop {
                 macro_rules! due {
@@ -224,6 +237,7 @@ pub fn for_each_due_batch(
                     continue;
                 }
                 each(conn, planned)?;
+                enqueued = true;
                 if !full {
                     break;
                 }
