@@ -227,56 +227,22 @@ fn jobs_run_skips_while_another_process_holds_the_lock(backend: Backend) {
     let db = TestDb::new(backend);
     let mut conn = db.conn();
     let config = db.write_config("k.toml", "");
-    match backend {
-        Backend::Postgres => {
-            // This test's connection plays the other replica: it holds the
-            // job's transaction-scoped advisory lock.
-            let mut other = db.database().connect().unwrap();
-            let keywarden::db::DbConnection::Postgres(pg) = &mut other else {
-                unreachable!()
-            };
-            pg.transaction::<_, diesel::result::Error, _>(|pg| {
-                let got: bool = diesel::select(keywarden::db::lock::pg_try_advisory_xact_lock(
-                    keywarden::db::lock::lock_key("expire-keys"),
-                ))
-                .get_result(pg)?;
-                assert!(got);
-                let out = keywarden(&config, &["jobs", "run", "expire-keys"]);
-                assert_eq!(
-                    out.status.code(),
-                    Some(75),
-                    "stderr: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                assert!(String::from_utf8_lossy(&out.stderr).contains("skipped"));
-                Ok(())
-            })
+    while_another_process_holds(&db, &mut conn, backend, "expire-keys", || {
+        let out = keywarden(&config, &["jobs", "run", "expire-keys"]);
+        assert_eq!(
+            out.status.code(),
+            Some(75),
+            "stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stderr).contains("skipped"));
+    });
+    if backend == Backend::Sqlite {
+        // A lease whose holder died runs out, and the job runs again.
+        diesel::update(job_leases::table)
+            .set(job_leases::expires_at.eq(keywarden::db::now() - TimeDelta::seconds(1)))
+            .execute(&mut conn)
             .unwrap();
-        }
-        Backend::Sqlite => {
-            let now = keywarden::db::now();
-            diesel::insert_into(job_leases::table)
-                .values((
-                    job_leases::job.eq("expire-keys"),
-                    job_leases::holder.eq("otherhost:4242:run"),
-                    job_leases::acquired_at.eq(now),
-                    job_leases::expires_at.eq(now + TimeDelta::minutes(5)),
-                ))
-                .execute(&mut conn)
-                .unwrap();
-            let out = keywarden(&config, &["jobs", "run", "expire-keys"]);
-            assert_eq!(
-                out.status.code(),
-                Some(75),
-                "stderr: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            // A lease whose holder died runs out, and the job runs again.
-            diesel::update(job_leases::table)
-                .set(job_leases::expires_at.eq(now - TimeDelta::seconds(1)))
-                .execute(&mut conn)
-                .unwrap();
-        }
     }
     // Lock free: the job runs, and its own lock is released afterwards.
     for _ in 0..2 {
@@ -424,6 +390,20 @@ fn certs_renew_skips_while_a_renewal_holds_the_lock(backend: Backend) {
         );
         assert!(String::from_utf8_lossy(&out.stderr).contains("skipped"));
     };
+    while_another_process_holds(&db, &mut conn, backend, "renew-certs", renew);
+    assert!(!db.path().join("tls/site.pem").exists(), "nothing was installed");
+}
+
+/// Runs `f` while this test plays another process holding `job`'s lock: on
+/// PostgreSQL its own connection holds the transaction-scoped advisory
+/// lock; on SQLite a lease row names a holder on another host.
+fn while_another_process_holds(
+    db: &TestDb,
+    conn: &mut keywarden::db::DbConnection,
+    backend: Backend,
+    job: &str,
+    f: impl FnOnce(),
+) {
     match backend {
         Backend::Postgres => {
             let mut other = db.database().connect().unwrap();
@@ -432,11 +412,11 @@ fn certs_renew_skips_while_a_renewal_holds_the_lock(backend: Backend) {
             };
             pg.transaction::<_, diesel::result::Error, _>(|pg| {
                 let got: bool = diesel::select(keywarden::db::lock::pg_try_advisory_xact_lock(
-                    keywarden::db::lock::lock_key("renew-certs"),
+                    keywarden::db::lock::lock_key(job),
                 ))
                 .get_result(pg)?;
                 assert!(got);
-                renew();
+                f();
                 Ok(())
             })
             .unwrap();
@@ -445,15 +425,14 @@ fn certs_renew_skips_while_a_renewal_holds_the_lock(backend: Backend) {
             let now = keywarden::db::now();
             diesel::insert_into(job_leases::table)
                 .values((
-                    job_leases::job.eq("renew-certs"),
+                    job_leases::job.eq(job),
                     job_leases::holder.eq("otherhost:4242:run"),
                     job_leases::acquired_at.eq(now),
                     job_leases::expires_at.eq(now + TimeDelta::minutes(5)),
                 ))
-                .execute(&mut conn)
+                .execute(conn)
                 .unwrap();
-            renew();
+            f();
         }
     }
-    assert!(!db.path().join("tls/site.pem").exists(), "nothing was installed");
 }

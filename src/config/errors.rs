@@ -98,6 +98,14 @@ impl Collector<'_> {
         Some(section)
     }
 
+    /// [`Self::checked`] into `slot`, which keeps its default when the
+    /// section cannot be read.
+    pub(super) fn checked_into<T: super::Section>(&mut self, value: Spanned<DeValue<'_>>, slot: &mut T) {
+        if let Some(section) = self.checked(value) {
+            *slot = section;
+        }
+    }
+
     pub(super) fn section<T: for<'de> Deserialize<'de>>(&mut self, value: Spanned<DeValue<'_>>) -> Option<T> {
         match T::deserialize(ValueDeserializer::from(value)) {
             Ok(v) => Some(v),

@@ -127,12 +127,10 @@ impl Sections {
         checks: &LoadChecks<'_>,
     ) {
         match key.get_ref().as_ref() {
-            "daemon" => self.daemon = errors.checked(value).unwrap_or(std::mem::take(&mut self.daemon)),
-            "database" => self.database = errors.checked(value).unwrap_or(std::mem::take(&mut self.database)),
-            "keys" => self.keys = errors.checked(value).unwrap_or(std::mem::take(&mut self.keys)),
-            "notifications" => {
-                self.notifications = errors.checked(value).unwrap_or(std::mem::take(&mut self.notifications))
-            }
+            "daemon" => errors.checked_into(value, &mut self.daemon),
+            "database" => errors.checked_into(value, &mut self.database),
+            "keys" => errors.checked_into(value, &mut self.keys),
+            "notifications" => errors.checked_into(value, &mut self.notifications),
             "permissions" => self.read_permissions(errors, value, checks),
             "acme" => {
                 self.certificates_at = value.span();

@@ -268,25 +268,24 @@ impl SmtpSession {
     /// No new message is started; messages being sent finish.
     pub fn stop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
+        self.wind_down();
+    }
+
+    /// Closes the queue (idle connections end and go back to the pool) and
+    /// lets every connection finish what it holds.
+    fn wind_down(&mut self) {
         self.queue = None;
         self.recorded();
         for (_, _, ack) in self.early.drain(..) {
             let _ = ack.send(());
         }
-        // Drain: connections finish what they hold, then end.
         while self.done.recv().map(|(_, _, ack)| ack.send(())).is_ok() {}
     }
 }
 
 impl Drop for SmtpSession {
     fn drop(&mut self) {
-        // Closing the queue lets idle connections end and go back to the pool.
-        self.queue = None;
-        self.recorded();
-        for (_, _, ack) in self.early.drain(..) {
-            let _ = ack.send(());
-        }
-        while self.done.recv().map(|(_, _, ack)| ack.send(())).is_ok() {}
+        self.wind_down();
     }
 }
 
