@@ -148,9 +148,11 @@ pub mod message_ids {
     pub const WATCH_OVERFLOW: &str = "9fc00af662794381b8e486bcc241a446";
     pub const CERT_RENEWED: &str = "3f1c2a7e9b8d4c61a0e5f7d2b4c6e8a1";
     pub const CERT_RENEWAL_FAILED: &str = "c7e2d9a14b3f4e8d9a6b5c1d2e3f4a5b";
+    pub const CERT_DEPLOY_FAILED: &str = "99d221aae2d74c7d818725a28990d45d";
+    pub const CERT_STALE: &str = "60de8873b2bc40acbf6726aaa853d36e";
 
     /// Every id, for the catalog's test.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 16] = [
         STARTED,
         STOPPED,
         RELOAD_APPLIED,
@@ -165,6 +167,8 @@ pub mod message_ids {
         WATCH_OVERFLOW,
         CERT_RENEWED,
         CERT_RENEWAL_FAILED,
+        CERT_DEPLOY_FAILED,
+        CERT_STALE,
     ];
 }
 

@@ -25,6 +25,7 @@ both_backends!(
     the_daemon_keeps_a_certificate_renewed,
     the_daemon_retries_a_failed_renewal_after_a_minute,
     a_ca_that_forgot_the_account_gets_a_new_one,
+    a_failing_deploy_hook_fails_the_certificate_until_a_retry_succeeds,
 );
 
 fn the_daemon_retries_a_failed_renewal_after_a_minute(backend: Backend) {
@@ -656,4 +657,151 @@ fn a_ca_that_forgot_the_account_gets_a_new_one(backend: Backend) {
         std::fs::read(&account).unwrap(),
         "the stored account is a new one"
     );
+}
+
+/// The deploy hook of the unprivileged unit that cannot signal a root
+/// nginx: the certificate is failing (check, list, status, the job's
+/// problems), the hook is retried after its back-off and not before, the
+/// admins hear once, and a monitor of the endpoint that still serves the
+/// replaced certificate reports it stale.
+fn a_failing_deploy_hook_fails_the_certificate_until_a_retry_succeeds(backend: Backend) {
+    let db = TestDb::new(backend);
+    let pebble = Pebble::start(db.path(), Options::default());
+    let cert = db.path().join("tls/fullchain.pem");
+    let key = db.path().join("tls/privkey.pem");
+    let allowed = db.path().join("hook-may-succeed");
+    let served = db.path().join("served.pem");
+    let hook = format!(
+        "test -e {} || {{ echo 'nginx: [alert] kill(4242, 1) failed (1: Operation not permitted)' >&2; exit 1; }}; echo $KEYWARDEN_SERIAL >> {}",
+        allowed.display(),
+        db.path().join("deploys.log").display()
+    );
+    let settings = format!(
+            "[notifications]\nfile_dir = \"{}\"\nadmin_emails = [\"ops@example.com\"]\n\n{QUIET_JOBS}{}\
+             [[certificates]]\nname = \"web\"\ndomains = [\"web.test\"]\nchallenge = {{ type = \"http-01\", listen = \"127.0.0.1:{}\" }}\n\
+             cert_file = \"{}\"\nkey_file = \"{}\"\ndeploy_hook = [\"/bin/sh\", \"-c\", {hook:?}]\n\n\
+             [[monitor]]\nname = \"nginx\"\nfile = \"{}\"\nstale_after = \"0s\"\n",
+            db.path().join("outbox").display(),
+            pebble.acme_section(&db.path().join("account.json")),
+            pebble.http_port,
+            cert.display(),
+            key.display(),
+            served.display()
+        );
+    let config = db.write_config("k.toml", &settings);
+    let mut conn = db.conn();
+    std::fs::write(&allowed, "").unwrap();
+    let out = keywarden(&config, &["certs", "renew", "web"]);
+    assert!(out.status.success(), "{}\n{}", out_text(&out), pebble.log());
+    let first = serial_of(&mut conn, "web").unwrap();
+    // nginx loaded the first certificate, then loses the right to be told.
+    std::fs::copy(&cert, &served).unwrap();
+    std::fs::remove_file(&allowed).unwrap();
+
+    let out = keywarden(&config, &["certs", "renew", "web", "--force"]);
+    assert_eq!(out.status.code(), Some(1), "{}", out_text(&out));
+    assert!(
+        out_text(&out).contains("deploy hook FAILED") && out_text(&out).contains("Operation not permitted"),
+        "{}",
+        out_text(&out)
+    );
+    let second = serial_of(&mut conn, "web").unwrap();
+    assert_ne!(first, second);
+    let owed = |conn: &mut keywarden::db::DbConnection| -> (Option<String>, i32, Option<chrono::NaiveDateTime>) {
+        certificates::table
+            .filter(certificates::name.eq("web"))
+            .select((
+                certificates::deploy_serial,
+                certificates::deploy_failures,
+                certificates::next_deploy_at,
+            ))
+            .first(conn)
+            .unwrap()
+    };
+    let (serial, failures, next) = owed(&mut conn);
+    assert_eq!((serial.as_deref(), failures), (Some(second.as_str()), 1));
+    let wait = next.unwrap() - keywarden::db::now();
+    assert!(
+        wait > chrono::TimeDelta::seconds(30) && wait <= chrono::TimeDelta::seconds(61),
+        "{wait}"
+    );
+
+    // Within the back-off the job does not run the hook; the certificate is
+    // failing wherever an admin looks, and the endpoint serves a stale one.
+    let out = keywarden(&config, &["jobs", "run", "renew-certs"]);
+    assert!(out.status.success(), "{}", out_text(&out));
+    assert_eq!(owed(&mut conn).1, 1, "the hook ran inside its back-off");
+    let check = keywarden(&config, &["certs", "check", "--json"]);
+    assert_eq!(check.status.code(), Some(1));
+    let reports: serde_json::Value = serde_json::from_slice(&check.stdout).unwrap();
+    let web = reports.as_array().unwrap().iter().find(|r| r["name"] == "web").unwrap();
+    assert_eq!(web["outcome"], "deploy-failed", "{web}");
+    assert_eq!(web["serial"], second.as_str());
+    assert_eq!(web["failures"], 1);
+    let nginx = reports
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "nginx")
+        .unwrap();
+    assert_eq!(nginx["outcome"], "stale", "{nginx}");
+    assert_eq!(nginx["serial"], first.as_str());
+    assert_eq!(nginx["replaced_by"], second.as_str());
+    // One key per name in each object, serial included.
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert_eq!(text.matches("\"not_after\"").count(), 2, "{text}");
+    let list = out_text(&keywarden(&config, &["certs", "list"]));
+    assert!(list.contains("deploy hook failing (1 in a row)"), "{list}");
+    let status = out_text(&keywarden(&config, &["status"]));
+    assert!(
+        status.contains("web (issued)") && status.contains("FAILING: deploy hook failing"),
+        "{status}"
+    );
+    assert!(status.contains("serving a stale certificate"), "{status}");
+    // The daemon's renew-certs runs complete, yet STATUS= names the failure.
+    let every_second = db.write_config(
+        "daemon.toml",
+        &format!("{settings}\n[jobs.renew-certs]\nschedule = \"* * * * * *\"\n"),
+    );
+    let notify = NotifySocket::bind(db.path());
+    let mut daemon = Daemon::start(&every_second, Some(&notify), &[]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let line = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let msg = notify.wait_for("STATUS=", left);
+        if msg.contains("certificate web: deploy hook failing (1 in a row)") {
+            break msg;
+        }
+    };
+    assert!(line.contains("renew-certs ok") && line.contains("FAILING"), "{line}");
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait_exit(Duration::from_secs(30)).code(), Some(0));
+    let alerts: Vec<(String, String)> = notifications::table
+        .filter(notifications::subject_kind.eq("certificate"))
+        .order(notifications::generation)
+        .select((notifications::generation, notifications::notice_window))
+        .load(&mut conn)
+        .unwrap();
+    assert_eq!(
+        alerts,
+        [
+            (format!("deploy:{second}"), "deploy".to_string()),
+            (format!("stale:{first}"), "stale".to_string())
+        ],
+        "one alert per streak"
+    );
+
+    // The back-off runs out and the hook may succeed: the next run deploys.
+    std::fs::write(&allowed, "").unwrap();
+    diesel::update(certificates::table.filter(certificates::name.eq("web")))
+        .set(certificates::next_deploy_at.eq(keywarden::db::now() - chrono::TimeDelta::seconds(1)))
+        .execute(&mut conn)
+        .unwrap();
+    let out = keywarden(&config, &["jobs", "run", "renew-certs"]);
+    assert!(out.status.success(), "{}", out_text(&out));
+    assert_eq!(owed(&mut conn), (None, 0, None));
+    assert_eq!(deploys(db.path()), [first.clone(), second.clone()]);
+    std::fs::copy(&cert, &served).unwrap();
+    let out = keywarden(&config, &["certs", "check"]);
+    assert!(out.status.success(), "{}", out_text(&out));
 }

@@ -5,14 +5,12 @@
 use chrono::NaiveDateTime;
 use serde::Serialize;
 
-/// What happened to one certificate in a pass.
+/// What happened to one certificate in a pass. The serial and validity
+/// of the certificate in place are the [`super::renew::Report`]'s.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "outcome", rename_all = "kebab-case")]
 pub enum Outcome {
-    Renewed {
-        serial: String,
-        not_after: NaiveDateTime,
-    },
+    Renewed,
     NotDue {
         renew_at: NaiveDateTime,
     },
@@ -24,12 +22,21 @@ pub enum Outcome {
     Failed {
         error: String,
     },
-    /// Installed, but its deploy hook failed.
+    /// Installed, but its deploy hook has not succeeded: the service may
+    /// still serve the previous certificate. Retried with back-off.
     DeployFailed {
         error: String,
+        failures: i32,
+        next_attempt_at: NaiveDateTime,
     },
-    Monitored {
-        not_after: NaiveDateTime,
+    /// The deploy hook owed since an earlier pass ran and succeeded.
+    Deployed,
+    Monitored,
+    /// A monitored endpoint still serves the certificate that keywarden
+    /// replaced (`replaced_by`) some time after the install.
+    Stale {
+        replaced_by: String,
+        installed_at: NaiveDateTime,
     },
     Unreadable {
         error: String,
@@ -44,6 +51,7 @@ impl Outcome {
             Outcome::Waiting { .. }
                 | Outcome::Failed { .. }
                 | Outcome::DeployFailed { .. }
+                | Outcome::Stale { .. }
                 | Outcome::Unreadable { .. }
         )
     }
@@ -60,6 +68,16 @@ pub enum Mode {
     CheckOnly,
 }
 
+/// A deploy hook owed for the certificate in place.
+#[derive(Debug, Clone, Copy)]
+pub struct OwedDeploy<'a> {
+    /// The last failure's error (none when the hook never ran: a pass was
+    /// cut off between the install and the hook).
+    pub error: Option<&'a str>,
+    pub failures: i32,
+    pub next_attempt_at: NaiveDateTime,
+}
+
 /// What the decision looks at.
 #[derive(Debug, Clone, Copy)]
 pub struct CertState<'a> {
@@ -71,34 +89,57 @@ pub struct CertState<'a> {
     /// Failed attempts in a row, and when the next may start.
     pub failures: i32,
     pub next_attempt_at: Option<NaiveDateTime>,
-    /// The last error recorded (a failed attempt or deploy hook).
+    /// The last failed attempt's error.
     pub last_error: Option<&'a str>,
+    /// The deploy hook owed for the certificate in place, if any.
+    pub deploy: Option<OwedDeploy<'a>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
     /// Nothing to issue: this is how the certificate stands.
     Report(Outcome),
+    /// Run the owed deploy hook again (its back-off has run out).
+    Deploy,
     /// Order a certificate now, for this reason.
     Issue { why: String },
 }
 
-/// `certs check` only reports. Otherwise a certificate is issued when its
-/// files must be replaced, when forced, or when its renewal time has come;
-/// but not while a failed attempt's back-off runs (unless forced).
+impl OwedDeploy<'_> {
+    fn outcome(&self) -> Outcome {
+        Outcome::DeployFailed {
+            error: self.error.unwrap_or("the deploy hook has not run yet").to_string(),
+            failures: self.failures,
+            next_attempt_at: self.next_attempt_at,
+        }
+    }
+}
+
+/// `certs check` only reports. Otherwise an owed deploy hook is run again
+/// once its back-off runs out (before anything else: the service serves
+/// the old certificate until it succeeds); a certificate is issued when
+/// its files must be replaced, when forced, or when its renewal time has
+/// come; but not while a failed attempt's back-off runs (unless forced).
 pub fn decide(state: &CertState<'_>, mode: Mode, now: NaiveDateTime) -> Decision {
     let renew_at = state.renew_at.unwrap_or(now);
     if mode == Mode::CheckOnly {
-        let outcome = match (state.replace_now, state.last_error, state.next_attempt_at) {
-            (_, Some(e), Some(next)) if state.failures > 0 => Outcome::Waiting {
+        let outcome = match (state.deploy, state.replace_now, state.last_error, state.next_attempt_at) {
+            (Some(owed), None, _, _) => owed.outcome(),
+            (_, _, Some(e), Some(next)) if state.failures > 0 => Outcome::Waiting {
                 next_attempt_at: next,
                 last_error: e.to_string(),
             },
-            (_, Some(e), _) => Outcome::DeployFailed { error: e.to_string() },
-            (Some(r), None, _) => Outcome::Failed { error: r.to_string() },
-            (None, None, _) => Outcome::NotDue { renew_at },
+            (_, Some(r), _, _) => Outcome::Failed { error: r.to_string() },
+            (_, None, _, _) => Outcome::NotDue { renew_at },
         };
         return Decision::Report(outcome);
+    }
+    if let (Some(owed), None, Mode::Renew) = (state.deploy, state.replace_now, mode) {
+        return if owed.next_attempt_at <= now {
+            Decision::Deploy
+        } else {
+            Decision::Report(owed.outcome())
+        };
     }
     if mode != Mode::Force && state.failures > 0 {
         if let Some(next) = state.next_attempt_at.filter(|n| *n > now) {
@@ -136,6 +177,7 @@ mod tests {
             failures: 0,
             next_attempt_at: None,
             last_error: None,
+            deploy: None,
         }
     }
 
@@ -214,13 +256,19 @@ mod tests {
             })
         );
         let hook_failed = CertState {
-            last_error: Some("deploy hook: exit 1"),
+            deploy: Some(OwedDeploy {
+                error: Some("exit 1"),
+                failures: 1,
+                next_attempt_at: at(1),
+            }),
             ..healthy(60)
         };
         assert_eq!(
-            decide(&hook_failed, Mode::CheckOnly, at(0)),
+            decide(&hook_failed, Mode::CheckOnly, at(5)),
             Decision::Report(Outcome::DeployFailed {
-                error: "deploy hook: exit 1".into()
+                error: "exit 1".into(),
+                failures: 1,
+                next_attempt_at: at(1)
             })
         );
         let failing = CertState {
@@ -236,5 +284,34 @@ mod tests {
                 last_error: "rate limited".into()
             })
         );
+    }
+
+    #[test]
+    fn an_owed_deploy_is_retried_after_its_back_off_and_before_a_renewal() {
+        let owed = CertState {
+            deploy: Some(OwedDeploy {
+                error: Some("kill: Operation not permitted"),
+                failures: 2,
+                next_attempt_at: at(10),
+            }),
+            ..healthy(-5)
+        };
+        assert_eq!(
+            decide(&owed, Mode::Renew, at(0)),
+            Decision::Report(Outcome::DeployFailed {
+                error: "kill: Operation not permitted".into(),
+                failures: 2,
+                next_attempt_at: at(10)
+            })
+        );
+        assert_eq!(decide(&owed, Mode::Renew, at(10)), Decision::Deploy);
+        // Forcing renews (and the new certificate's hook runs after its install).
+        assert_eq!(decide(&owed, Mode::Force, at(0)), issue("renewal forced"));
+        // Files that must be replaced come first: a hook for them would deploy nothing new.
+        let missing = CertState {
+            replace_now: Some("missing"),
+            ..owed
+        };
+        assert_eq!(decide(&missing, Mode::Renew, at(0)), issue("missing"));
     }
 }

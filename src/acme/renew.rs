@@ -20,7 +20,7 @@ use tracing::{error, info, warn};
 
 use super::certinfo::{self, CertInfo};
 use super::client::{self, Issued};
-use super::decide::{decide, CertState, Decision};
+use super::decide::{decide, CertState, Decision, OwedDeploy};
 pub use super::decide::{Mode, Outcome};
 use super::install::{self, Target};
 use super::store::{self, kind, CertRow};
@@ -44,6 +44,7 @@ pub struct Report {
     #[serde(flatten)]
     pub outcome: Outcome,
     /// The certificate in place after the pass, if any.
+    pub serial: Option<String>,
     pub not_after: Option<NaiveDateTime>,
 }
 
@@ -224,16 +225,25 @@ impl Session<'_> {
         )?;
         let installed = read_installed(&cert.cert_file);
         let reason = replace_now(cert, &installed);
-        let report = |outcome: Outcome, not_after: Option<NaiveDateTime>| Report {
+        let report = |outcome: Outcome, info: Option<&CertInfo>| Report {
             name: cert.name.clone(),
             kind: kind::ISSUED,
             outcome,
-            not_after,
+            serial: info.map(|i| i.serial.clone()),
+            not_after: info.map(|i| i.not_after),
         };
-        let current_not_after = installed.as_ref().ok().map(|i| i.not_after);
         let renew_at = match &installed {
             Ok(info) => self.renewal_time(&row, info, mode, now)?,
             Err(_) => row.renew_at,
+        };
+        // A deploy is owed only for the certificate still in place.
+        let owed = match (&installed, row.pending_deploy()) {
+            (Ok(info), Some(serial)) if info.serial == serial => Some(OwedDeploy {
+                error: row.deploy_error.as_deref(),
+                failures: row.deploy_failures,
+                next_attempt_at: row.next_deploy_at.unwrap_or(now),
+            }),
+            _ => None,
         };
         let state = CertState {
             replace_now: reason.as_deref(),
@@ -241,9 +251,18 @@ impl Session<'_> {
             failures: row.failures,
             next_attempt_at: row.next_attempt_at,
             last_error: row.last_error.as_deref(),
+            deploy: owed,
         };
         let why = match decide(&state, mode, now) {
-            Decision::Report(outcome) => return Ok(report(outcome, current_not_after)),
+            Decision::Report(outcome) => return Ok(report(outcome, installed.as_ref().ok())),
+            Decision::Deploy => {
+                let Ok(info) = &installed else {
+                    return Ok(report(Outcome::NotDue { renew_at: now }, None));
+                };
+                info!(cert = %cert.name, "certificate {}: running the deploy hook again", cert.name);
+                let outcome = self.deploy_owed(cert, &row, info, row.deploy_failures, Outcome::Deployed)?;
+                return Ok(report(outcome, Some(info)));
+            }
             Decision::Issue { why } => why,
         };
         info!(cert = %cert.name, "certificate {}: issuing ({why})", cert.name);
@@ -266,24 +285,28 @@ impl Session<'_> {
         match obtained {
             Ok(info) => {
                 let next_renewal = self.plan(&info);
-                store::record_success(self.conn, row.id, &info, Some(next_renewal), crate::db::now())?;
+                let replaced = installed.as_ref().ok().map(|i| i.serial.as_str());
+                let has_hook = !cert.deploy_hook.is_empty();
+                store::record_install(
+                    self.conn,
+                    row.id,
+                    &info,
+                    replaced,
+                    Some(next_renewal),
+                    has_hook,
+                    crate::db::now(),
+                )?;
                 info!(
                     cert = %cert.name, serial = %info.serial, not_after = %info.not_after, issuer = %info.issuer,
                     message_id = crate::telemetry::message_ids::CERT_RENEWED,
                     "certificate {} installed: serial {}, valid until {} UTC", cert.name, info.serial, info.not_after
                 );
-                let deployed = self.deploy(cert);
-                let outcome = match deployed {
-                    Ok(()) => Outcome::Renewed {
-                        serial: info.serial.clone(),
-                        not_after: info.not_after,
-                    },
-                    Err(e) => {
-                        store::record_error(self.conn, row.id, &format!("deploy hook: {e}"), crate::db::now())?;
-                        Outcome::DeployFailed { error: e }
-                    }
+                let outcome = if has_hook {
+                    self.deploy_owed(cert, &row, &info, 0, Outcome::Renewed)?
+                } else {
+                    Outcome::Renewed
                 };
-                Ok(report(outcome, Some(info.not_after)))
+                Ok(report(outcome, Some(&info)))
             }
             Err(e) => {
                 let error = e.to_string();
@@ -296,9 +319,75 @@ impl Session<'_> {
                     "certificate {}: renewal failed ({failures} in a row), next attempt at {next} UTC: {error}", cert.name
                 );
                 self.alert_failing(cert, &row, installed.as_ref().ok(), &error)?;
-                Ok(report(Outcome::Failed { error }, current_not_after))
+                Ok(report(Outcome::Failed { error }, installed.as_ref().ok()))
             }
         }
+    }
+
+    /// Runs the deploy hook owed for `info` (after `failures_before` failed
+    /// runs of it): a success settles the debt and reads as `success`; a
+    /// failure is recorded with its back-off and alerted once per streak.
+    fn deploy_owed(
+        &mut self,
+        cert: &CertificateConfig,
+        row: &CertRow,
+        info: &CertInfo,
+        failures_before: i32,
+        success: Outcome,
+    ) -> Result<Outcome, AcmeError> {
+        let env = [
+            ("KEYWARDEN_CERT_NAME", cert.name.clone()),
+            ("KEYWARDEN_CERT_FILE", cert.cert_file.display().to_string()),
+            ("KEYWARDEN_KEY_FILE", cert.key_file.display().to_string()),
+            ("KEYWARDEN_DOMAINS", cert.domains.join(" ")),
+            ("KEYWARDEN_SERIAL", info.serial.clone()),
+        ];
+        let error = match hooks::run(&cert.deploy_hook, &env, cert.hook_timeout.as_duration()) {
+            Ok(out) => {
+                store::record_deployed(self.conn, row.id, crate::db::now())?;
+                info!(cert = %cert.name, "certificate {}: deploy hook ran: {}", cert.name, one_line(&out));
+                return Ok(success);
+            }
+            Err(e) => one_line(&e.to_string()),
+        };
+        let failures = failures_before.saturating_add(1);
+        let now = crate::db::now();
+        let next = now + timing::deploy_retry_delay(failures as u32);
+        store::record_deploy_failure(self.conn, row.id, &error, failures, next, now)?;
+        error!(
+            cert = %cert.name, error = %error, failures, next_attempt_at = %next,
+            message_id = crate::telemetry::message_ids::CERT_DEPLOY_FAILED,
+            "certificate {}: deploy hook failed ({failures} in a row), next attempt at {next} UTC: {error}", cert.name
+        );
+        let alert = AdminAlert {
+            title: format!("Certificate {}: the deploy hook keeps failing", cert.name),
+            lines: vec![
+                format!("Installed serial: {} (valid until {} UTC)", info.serial, info.not_after.format("%Y-%m-%d %H:%M")),
+                format!("Hook: {}", cert.deploy_hook.join(" ")),
+                format!("Error: {error}"),
+                "The service may still serve the previous certificate.".to_string(),
+            ],
+            action: Some(format!(
+                "Fix the hook; keywarden runs it again on its own (next at {next} UTC), or run `keywarden certs renew {} --force`.",
+                cert.name
+            )),
+        };
+        // One alert per streak: the installed serial names the streak.
+        enqueue_admin_alert(
+            self.conn,
+            &self.config.notifications,
+            crate::notify::kind::CERTIFICATE,
+            &cert.name,
+            &format!("deploy:{}", info.serial),
+            "deploy",
+            &alert,
+            now,
+        )?;
+        Ok(Outcome::DeployFailed {
+            error,
+            failures,
+            next_attempt_at: next,
+        })
     }
 
     fn obtain_and_install(&mut self, cert: &CertificateConfig, replaces: Option<&str>) -> Result<CertInfo, AcmeError> {
@@ -342,29 +431,6 @@ impl Session<'_> {
         )
         .map_err(AcmeError::io(format!("installing {}", cert.cert_file.display())))?;
         Ok(info)
-    }
-
-    fn deploy(&self, cert: &CertificateConfig) -> Result<(), String> {
-        if cert.deploy_hook.is_empty() {
-            return Ok(());
-        }
-        let env = [
-            ("KEYWARDEN_CERT_NAME", cert.name.clone()),
-            ("KEYWARDEN_CERT_FILE", cert.cert_file.display().to_string()),
-            ("KEYWARDEN_KEY_FILE", cert.key_file.display().to_string()),
-            ("KEYWARDEN_DOMAINS", cert.domains.join(" ")),
-        ];
-        match hooks::run(&cert.deploy_hook, &env, cert.hook_timeout.as_duration()) {
-            Ok(out) => {
-                info!(cert = %cert.name, "certificate {}: deploy hook ran: {out}", cert.name);
-                Ok(())
-            }
-            Err(e) => {
-                let e = one_line(&e.to_string());
-                error!(cert = %cert.name, error = %e, "certificate {}: deploy hook failed: {e}", cert.name);
-                Err(e)
-            }
-        }
     }
 
     fn alert_failing(
@@ -419,60 +485,113 @@ impl Session<'_> {
     fn monitored(&mut self, m: &MonitorConfig) -> Result<Report, AcmeError> {
         let now = crate::db::now();
         let row = store::ensure(self.conn, &m.name, kind::MONITORED, &monitor::source(m), now)?;
-        match monitor::read(m) {
-            Ok(info) => {
-                store::record_success(self.conn, row.id, &info, None, now)?;
-                let left = info.not_after - now;
-                let widest = self
-                    .config
-                    .notifications
-                    .sorted_windows()
-                    .first()
-                    .map(|w| w.as_time_delta());
-                if widest.is_some_and(|w| left <= w) || left <= chrono::TimeDelta::zero() {
-                    let window = window_for(self.config, left);
-                    let alert = AdminAlert {
-                        title: format!("Certificate {} {}", m.name, describe_left(left)),
-                        lines: vec![
-                            format!("Source: {}", monitor::source(m)),
-                            format!("Names: {}", info.domains.join(", ")),
-                            format!("Issuer: {}", info.issuer),
-                            format!("Valid until: {} UTC", info.not_after.format("%Y-%m-%d %H:%M")),
-                        ],
-                        action: Some("keywarden does not issue this certificate: renew it where it comes from.".into()),
-                    };
-                    enqueue_admin_alert(
-                        self.conn,
-                        &self.config.notifications,
-                        crate::notify::kind::CERTIFICATE,
-                        &m.name,
-                        &info.serial,
-                        &window,
-                        &alert,
-                        now,
-                    )?;
-                }
-                Ok(Report {
-                    name: m.name.clone(),
-                    kind: kind::MONITORED,
-                    outcome: Outcome::Monitored {
-                        not_after: info.not_after,
-                    },
-                    not_after: Some(info.not_after),
-                })
-            }
+        let report = |outcome: Outcome, serial: Option<String>, not_after: Option<NaiveDateTime>| Report {
+            name: m.name.clone(),
+            kind: kind::MONITORED,
+            outcome,
+            serial,
+            not_after,
+        };
+        let info = match monitor::read(m) {
+            Ok(info) => info,
             Err(e) => {
                 let e = e.to_string();
                 store::record_error(self.conn, row.id, &e, now)?;
                 warn!(cert = %m.name, "monitored certificate {} unreadable: {}", m.name, one_line(&e));
-                Ok(Report {
-                    name: m.name.clone(),
-                    kind: kind::MONITORED,
-                    outcome: Outcome::Unreadable { error: e },
-                    not_after: row.not_after,
-                })
+                return Ok(report(
+                    Outcome::Unreadable { error: e },
+                    row.serial.clone(),
+                    row.not_after,
+                ));
             }
+        };
+        store::record_success(self.conn, row.id, &info, None, now)?;
+        if let Some(outcome) = self.stale(m, &info, now)? {
+            return Ok(report(outcome, Some(info.serial), Some(info.not_after)));
         }
+        let left = info.not_after - now;
+        let widest = self
+            .config
+            .notifications
+            .sorted_windows()
+            .first()
+            .map(|w| w.as_time_delta());
+        if widest.is_some_and(|w| left <= w) || left <= chrono::TimeDelta::zero() {
+            let window = window_for(self.config, left);
+            let alert = AdminAlert {
+                title: format!("Certificate {} {}", m.name, describe_left(left)),
+                lines: vec![
+                    format!("Source: {}", monitor::source(m)),
+                    format!("Names: {}", info.domains.join(", ")),
+                    format!("Issuer: {}", info.issuer),
+                    format!("Valid until: {} UTC", info.not_after.format("%Y-%m-%d %H:%M")),
+                ],
+                action: Some("keywarden does not issue this certificate: renew it where it comes from.".into()),
+            };
+            enqueue_admin_alert(
+                self.conn,
+                &self.config.notifications,
+                crate::notify::kind::CERTIFICATE,
+                &m.name,
+                &info.serial,
+                &window,
+                &alert,
+                now,
+            )?;
+        }
+        Ok(report(Outcome::Monitored, Some(info.serial), Some(info.not_after)))
+    }
+
+    /// Whether the endpoint serves a certificate keywarden has replaced,
+    /// longer than `stale_after` after the install: recorded, logged and
+    /// alerted once per served serial.
+    fn stale(&mut self, m: &MonitorConfig, info: &CertInfo, now: NaiveDateTime) -> Result<Option<Outcome>, AcmeError> {
+        let Some(newer) = store::replaced_by(self.conn, &info.serial)? else {
+            return Ok(None);
+        };
+        let (Some(installed_at), Some(current)) = (newer.installed_at, newer.serial.clone()) else {
+            return Ok(None);
+        };
+        if current == info.serial || now - installed_at < m.stale_after.as_time_delta() {
+            return Ok(None);
+        }
+        let error = format!(
+            "serving a stale certificate: serial {} was replaced by {current} ({}) at {installed_at} UTC",
+            info.serial, newer.name
+        );
+        let row = store::ensure(self.conn, &m.name, kind::MONITORED, &monitor::source(m), now)?;
+        store::record_error(self.conn, row.id, &error, now)?;
+        warn!(
+            cert = %m.name, serial = %info.serial, expected = %current,
+            message_id = crate::telemetry::message_ids::CERT_STALE,
+            "monitored endpoint {}: {error}", m.name
+        );
+        let alert = AdminAlert {
+            title: format!("{} serves a stale certificate", m.name),
+            lines: vec![
+                format!("Source: {}", monitor::source(m)),
+                format!("Served serial: {} (valid until {} UTC)", info.serial, info.not_after.format("%Y-%m-%d %H:%M")),
+                format!("Installed instead: {current} by certificate {} at {installed_at} UTC", newer.name),
+            ],
+            action: Some(format!(
+                "The service did not load the new files: check certificate {}'s deploy hook (`keywarden certs list`) and reload the service.",
+                newer.name
+            )),
+        };
+        enqueue_admin_alert(
+            self.conn,
+            &self.config.notifications,
+            crate::notify::kind::CERTIFICATE,
+            &m.name,
+            &format!("stale:{}", info.serial),
+            "stale",
+            &alert,
+            now,
+        )?;
+        Ok(Some(Outcome::Stale {
+            replaced_by: current,
+            installed_at,
+        }))
     }
 }
 

@@ -33,6 +33,35 @@ pub struct CertRow {
     pub failures: i32,
     pub next_attempt_at: Option<NaiveDateTime>,
     pub updated_at: NaiveDateTime,
+    /// The installed serial whose deploy hook has not succeeded yet.
+    pub deploy_serial: Option<String>,
+    pub deploy_error: Option<String>,
+    pub deploy_failures: i32,
+    pub next_deploy_at: Option<NaiveDateTime>,
+    /// When keywarden last installed a certificate, and the serial it replaced.
+    pub installed_at: Option<NaiveDateTime>,
+    pub previous_serial: Option<String>,
+}
+
+impl CertRow {
+    /// The deploy still owed for the certificate in place, if any.
+    pub fn pending_deploy(&self) -> Option<&str> {
+        self.deploy_serial
+            .as_deref()
+            .filter(|s| self.serial.as_deref() == Some(*s))
+    }
+
+    /// What an admin must see about this certificate, if anything: an owed
+    /// deploy hook first (the service may serve the old certificate), then
+    /// the last error.
+    pub fn problem(&self) -> Option<String> {
+        match (self.pending_deploy(), &self.deploy_error, &self.last_error) {
+            (Some(_), Some(e), _) => Some(format!("deploy hook failing ({} in a row): {e}", self.deploy_failures)),
+            (Some(_), None, _) => Some("deploy hook not run yet".to_string()),
+            (None, _, Some(e)) => Some(e.clone()),
+            (None, _, None) => None,
+        }
+    }
 }
 
 /// The row of `name`, creating it if missing.
@@ -145,6 +174,78 @@ pub fn record_success(
         .map(|_| ())
 }
 
+/// A certificate keywarden just installed, in one statement with its
+/// success: the deploy it owes (when it has a hook) is recorded before the
+/// hook runs, so a crash between install and hook still leaves it owed.
+pub fn record_install(
+    conn: &mut DbConnection,
+    id: i64,
+    info: &CertInfo,
+    replaced: Option<&str>,
+    renew_at: Option<NaiveDateTime>,
+    has_hook: bool,
+    now: NaiveDateTime,
+) -> QueryResult<()> {
+    conn.transaction(|conn| {
+        record_success(conn, id, info, renew_at, now)?;
+        diesel::update(certificates::table.filter(certificates::id.eq(id)))
+            .set((
+                certificates::deploy_serial.eq(has_hook.then_some(info.serial.as_str())),
+                certificates::deploy_error.eq(None::<String>),
+                certificates::deploy_failures.eq(0),
+                certificates::next_deploy_at.eq(has_hook.then_some(now)),
+                certificates::installed_at.eq(now),
+                certificates::previous_serial.eq(replaced),
+            ))
+            .execute(conn)
+            .map(|_| ())
+    })
+}
+
+/// The deploy hook succeeded: nothing is owed.
+pub fn record_deployed(conn: &mut DbConnection, id: i64, now: NaiveDateTime) -> QueryResult<()> {
+    diesel::update(certificates::table.filter(certificates::id.eq(id)))
+        .set((
+            certificates::deploy_serial.eq(None::<String>),
+            certificates::deploy_error.eq(None::<String>),
+            certificates::deploy_failures.eq(0),
+            certificates::next_deploy_at.eq(None::<NaiveDateTime>),
+            certificates::updated_at.eq(now),
+        ))
+        .execute(conn)
+        .map(|_| ())
+}
+
+/// The deploy hook failed again: its error, the streak, the next try.
+pub fn record_deploy_failure(
+    conn: &mut DbConnection,
+    id: i64,
+    error: &str,
+    failures: i32,
+    next: NaiveDateTime,
+    now: NaiveDateTime,
+) -> QueryResult<()> {
+    diesel::update(certificates::table.filter(certificates::id.eq(id)))
+        .set((
+            certificates::deploy_error.eq(error),
+            certificates::deploy_failures.eq(failures),
+            certificates::next_deploy_at.eq(next),
+            certificates::updated_at.eq(now),
+        ))
+        .execute(conn)
+        .map(|_| ())
+}
+
+/// The issued certificate that last replaced `serial`, if one did.
+pub fn replaced_by(conn: &mut DbConnection, serial: &str) -> QueryResult<Option<CertRow>> {
+    certificates::table
+        .filter(certificates::kind.eq(kind::ISSUED))
+        .filter(certificates::previous_serial.eq(serial))
+        .select(CertRow::as_select())
+        .first(conn)
+        .optional()
+}
+
 /// A failed attempt: the error, one more failure, and when to try again.
 pub fn record_failure(
     conn: &mut DbConnection,
@@ -186,10 +287,18 @@ pub fn list(conn: &mut DbConnection) -> QueryResult<Vec<CertRow>> {
         .load(conn)
 }
 
-/// The earliest retry of a failed renewal, if any is pending.
+/// The earliest retry of a failed renewal or deploy hook, if any is pending.
 pub fn earliest_retry(conn: &mut DbConnection) -> QueryResult<Option<NaiveDateTime>> {
-    certificates::table
+    let renewal: Option<NaiveDateTime> = certificates::table
         .filter(certificates::failures.gt(0))
         .select(diesel::dsl::min(certificates::next_attempt_at))
-        .first(conn)
+        .first(conn)?;
+    let deploy: Option<NaiveDateTime> = certificates::table
+        .filter(certificates::deploy_serial.is_not_null())
+        .select(diesel::dsl::min(certificates::next_deploy_at))
+        .first(conn)?;
+    Ok(match (renewal, deploy) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    })
 }

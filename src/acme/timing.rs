@@ -68,6 +68,18 @@ pub fn retry_delay(failures: u32) -> TimeDelta {
     }
 }
 
+/// How long to wait after a deploy hook's `failures`-th consecutive
+/// failure: shorter than a renewal's, since nothing asks the CA, and capped
+/// at an hour, since the service serves the old certificate meanwhile.
+pub fn deploy_retry_delay(failures: u32) -> TimeDelta {
+    match failures {
+        0 | 1 => TimeDelta::minutes(1),
+        2 => TimeDelta::minutes(5),
+        3 => TimeDelta::minutes(15),
+        _ => TimeDelta::hours(1),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

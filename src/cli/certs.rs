@@ -59,7 +59,12 @@ pub fn run(path: &Path, cmd: CertsCommand) -> ExitCode {
                         .not_after
                         .map(|t| format!("{:.1}", (t - now).num_minutes() as f64 / 1440.0))
                         .unwrap_or_else(|| "-".into());
-                    let next = r.next_attempt_at.or(r.renew_at);
+                    let next = r
+                        .next_deploy_at
+                        .filter(|_| r.pending_deploy().is_some())
+                        .or(r.next_attempt_at)
+                        .or(r.renew_at);
+                    let problem = r.problem().unwrap_or_default();
                     println!(
                         "{:<20}  {:<9}  {:<32}  {:<28}  {:>9}  {:<17}  {}",
                         r.name,
@@ -69,7 +74,7 @@ pub fn run(path: &Path, cmd: CertsCommand) -> ExitCode {
                         days,
                         next.map(|t| t.format("%Y-%m-%d %H:%M").to_string())
                             .unwrap_or_else(|| "-".into()),
-                        r.last_error.unwrap_or_default().chars().take(100).collect::<String>()
+                        problem.chars().take(100).collect::<String>()
                     );
                 }
                 ExitCode::SUCCESS
@@ -157,7 +162,8 @@ fn print_reports(reports: &[Report]) {
             })
             .unwrap_or_else(|| "no certificate".into());
         let what = match &r.outcome {
-            Outcome::Renewed { serial, .. } => format!("renewed (serial {serial})"),
+            Outcome::Renewed => format!("renewed (serial {})", r.serial.as_deref().unwrap_or("?")),
+            Outcome::Deployed => "ok, the deploy hook succeeded on a retry".to_string(),
             Outcome::NotDue { renew_at } => format!("ok, renewal due {} UTC", renew_at.format("%Y-%m-%d %H:%M")),
             Outcome::Waiting {
                 next_attempt_at,
@@ -167,8 +173,23 @@ fn print_reports(reports: &[Report]) {
                 next_attempt_at.format("%Y-%m-%d %H:%M")
             ),
             Outcome::Failed { error } => format!("FAILED: {error}"),
-            Outcome::DeployFailed { error } => format!("installed, but the deploy hook FAILED: {error}"),
-            Outcome::Monitored { .. } => "ok (monitored)".to_string(),
+            Outcome::DeployFailed {
+                error,
+                failures,
+                next_attempt_at,
+            } => format!(
+                "installed, but the deploy hook FAILED ({failures} in a row, next attempt {} UTC): {error}",
+                next_attempt_at.format("%Y-%m-%d %H:%M")
+            ),
+            Outcome::Monitored => "ok (monitored)".to_string(),
+            Outcome::Stale {
+                replaced_by,
+                installed_at,
+            } => format!(
+                "STALE: serves serial {}, replaced by {replaced_by} at {} UTC",
+                r.serial.as_deref().unwrap_or("?"),
+                installed_at.format("%Y-%m-%d %H:%M")
+            ),
             Outcome::Unreadable { error } => format!("UNREADABLE: {error}"),
         };
         println!("{} ({}): {left}; {what}", r.name, r.kind);

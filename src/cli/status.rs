@@ -339,9 +339,8 @@ fn print_certificates(certs: &[crate::acme::store::CertRow]) {
             "  {} ({}): {left}{}",
             c.name,
             c.kind,
-            c.last_error
-                .as_ref()
-                .map(|e| format!("; last error: {}", e.chars().take(120).collect::<String>()))
+            c.problem()
+                .map(|e| format!("; FAILING: {}", e.chars().take(120).collect::<String>()))
                 .unwrap_or_default()
         );
     }

@@ -161,6 +161,15 @@ pub struct MonitorConfig {
     pub address: Option<String>,
     #[serde(default)]
     pub server_name: Option<String>,
+    /// How long after keywarden installs a new certificate an endpoint may
+    /// still serve the one it replaced before it is reported stale (the
+    /// service's reload may lag its deploy hook).
+    #[serde(default = "default_stale_after")]
+    pub stale_after: HumanDuration,
+}
+
+fn default_stale_after() -> HumanDuration {
+    HumanDuration::from_secs(600)
 }
 
 fn is_domain(d: &str) -> bool {

@@ -271,6 +271,10 @@ impl DaemonState {
 
     fn note_outcome(&self, job: &'static str, outcome: &RunOutcome) {
         let summary = match outcome {
+            RunOutcome::Completed { report, .. } if !report.problems.is_empty() => {
+                self.note_error(job, report.problems.join("; "), false);
+                format!("ok, {} row(s), {} FAILING", report.rows_affected, report.problems.len())
+            }
             RunOutcome::Completed { report, .. } => {
                 self.clear_error(job);
                 format!("ok, {} row(s)", report.rows_affected)

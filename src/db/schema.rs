@@ -173,5 +173,11 @@ diesel::table! {
         failures -> Integer,
         next_attempt_at -> Nullable<Timestamp>,
         updated_at -> Timestamp,
+        deploy_serial -> Nullable<Text>,
+        deploy_error -> Nullable<Text>,
+        deploy_failures -> Integer,
+        next_deploy_at -> Nullable<Timestamp>,
+        installed_at -> Nullable<Timestamp>,
+        previous_serial -> Nullable<Text>,
     }
 }

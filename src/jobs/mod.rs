@@ -83,6 +83,9 @@ pub struct JobReport {
     pub rows_affected: u64,
     /// True when the run stopped between batches for a shutdown.
     pub stopped_early: bool,
+    /// What an admin must see though the run completed (a certificate whose
+    /// deploy hook fails): shown in `STATUS=` until a run has none.
+    pub problems: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

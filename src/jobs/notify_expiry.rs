@@ -54,6 +54,7 @@ pub fn run(ctx: &mut JobContext<'_>) -> Result<JobReport, JobError> {
     let mut report = JobReport {
         rows_affected: enqueued as u64,
         stopped_early: false,
+        problems: Vec::new(),
     };
     // Between chunks: keep the job lock, and stop for a shutdown.
     let (keeper, stop) = (ctx.keeper, ctx.stop);

@@ -33,6 +33,7 @@ pub fn run(ctx: &mut JobContext<'_>) -> Result<JobReport, JobError> {
         return Ok(JobReport {
             rows_affected: events.rows_affected + runs.rows_affected,
             stopped_early: true,
+            problems: Vec::new(),
         });
     }
     let drift = super::batched(ctx, |ctx| {
@@ -41,5 +42,6 @@ pub fn run(ctx: &mut JobContext<'_>) -> Result<JobReport, JobError> {
     Ok(JobReport {
         rows_affected: events.rows_affected + runs.rows_affected + drift.rows_affected,
         stopped_early: drift.stopped_early,
+        problems: Vec::new(),
     })
 }

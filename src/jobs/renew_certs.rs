@@ -29,11 +29,27 @@ pub fn run(ctx: &mut JobContext<'_>) -> Result<JobReport, JobError> {
         return Ok(JobReport::default());
     }
     let reports = run_pass(ctx.conn, ctx.config, None, Mode::Renew)?;
-    let renewed = reports
+    let renewed = reports.iter().filter(|r| matches!(r.outcome, Outcome::Renewed)).count();
+    let problems: Vec<String> = reports
         .iter()
-        .filter(|r| matches!(r.outcome, Outcome::Renewed { .. }))
-        .count();
-    let failing = reports.iter().filter(|r| r.outcome.is_failing()).count();
+        .filter_map(|r| match &r.outcome {
+            Outcome::DeployFailed { error, failures, .. } => Some(format!(
+                "certificate {}: deploy hook failing ({failures} in a row): {error}",
+                r.name
+            )),
+            Outcome::Waiting { last_error, .. } => {
+                Some(format!("certificate {}: renewal failing: {last_error}", r.name))
+            }
+            Outcome::Failed { error } => Some(format!("certificate {}: renewal failed: {error}", r.name)),
+            Outcome::Stale { replaced_by, .. } => Some(format!(
+                "{}: serving a stale certificate (keywarden installed {replaced_by})",
+                r.name
+            )),
+            Outcome::Unreadable { error } => Some(format!("{}: unreadable: {error}", r.name)),
+            _ => None,
+        })
+        .collect();
+    let failing = problems.len();
     info!(
         "renew-certs: {} certificate(s) checked, {renewed} renewed, {failing} failing",
         reports.len()
@@ -41,6 +57,7 @@ pub fn run(ctx: &mut JobContext<'_>) -> Result<JobReport, JobError> {
     Ok(JobReport {
         rows_affected: renewed as u64,
         stopped_early: false,
+        problems,
     })
 }
 

@@ -42,5 +42,6 @@ pub fn run(ctx: &mut JobContext<'_>) -> Result<JobReport, JobError> {
     Ok(JobReport {
         rows_affected: tally.total(),
         stopped_early: false,
+        problems: Vec::new(),
     })
 }
