@@ -26,6 +26,7 @@ both_backends!(
     the_daemon_retries_a_failed_renewal_after_a_minute,
     a_ca_that_forgot_the_account_gets_a_new_one,
     a_failing_deploy_hook_fails_the_certificate_until_a_retry_succeeds,
+    acme_errors_say_what_failed,
 );
 
 fn the_daemon_retries_a_failed_renewal_after_a_minute(backend: Backend) {
@@ -496,7 +497,12 @@ fn external_account_binding(backend: Backend) {
     );
     let out = keywarden(&plain, &["certs", "renew", "eab"]);
     assert_eq!(out.status.code(), Some(1), "{}", out_text(&out));
-    assert!(out_text(&out).to_lowercase().contains("external"), "{}", out_text(&out));
+    assert!(
+        out_text(&out).contains("the CA refused")
+            && out_text(&out).contains("(problem urn:ietf:params:acme:error:externalAccountRequired)"),
+        "{}",
+        out_text(&out)
+    );
     // With it (the HMAC key from a 0600 file), it does.
     let secret = db.path().join("eab-hmac");
     std::fs::write(&secret, hmac).unwrap();
@@ -804,4 +810,54 @@ fn a_failing_deploy_hook_fails_the_certificate_until_a_retry_succeeds(backend: B
     std::fs::copy(&cert, &served).unwrap();
     let out = keywarden(&config, &["certs", "check"]);
     assert!(out.status.success(), "{}", out_text(&out));
+}
+
+/// A CA that cannot be reached, or not trusted, is named as such, not
+/// "client error (Connect)".
+fn acme_errors_say_what_failed(backend: Backend) {
+    let db = TestDb::new(backend);
+    let pebble = Pebble::start(db.path(), Options::default());
+    let (section, _site) = cert_section(
+        db.path(),
+        "site",
+        &["site.test"],
+        &format!("{{ type = \"http-01\", listen = \"127.0.0.1:{}\" }}", pebble.http_port),
+        "",
+    );
+    let acme = pebble.acme_section(&db.path().join("account.json"));
+    let _migrated = db.conn();
+    let closed = format!("https://127.0.0.1:{}/dir", free_port());
+    let cases = [
+        (
+            acme.replace(&pebble.directory, &closed),
+            "connection refused: nothing listens at the CA's address",
+        ),
+        (
+            acme.replace(&pebble.directory, "https://ca.invalid/dir"),
+            "the CA's host name does not resolve",
+        ),
+        (
+            acme.lines()
+                .filter(|l| !l.starts_with("ca_file"))
+                .collect::<Vec<_>>()
+                .join("\n")
+                + "\n",
+            "the CA's TLS certificate is not trusted (invalid peer certificate: UnknownIssuer)",
+        ),
+    ];
+    for (i, (acme, expected)) in cases.iter().enumerate() {
+        let config = db.write_config(&format!("k{i}.toml"), &format!("{QUIET_JOBS}{acme}{section}"));
+        let out = keywarden(&config, &["certs", "renew", "site", "--force"]);
+        assert_eq!(out.status.code(), Some(1), "{}", out_text(&out));
+        assert!(
+            out_text(&out).contains(expected),
+            "expected {expected:?} in:\n{}",
+            out_text(&out)
+        );
+        assert!(
+            !out_text(&out).contains("client error (Connect)\n"),
+            "{}",
+            out_text(&out)
+        );
+    }
 }

@@ -39,7 +39,7 @@ pub enum AcmeError {
     #[error("{0}")]
     Config(String),
     /// The CA answered with an error, or could not be reached.
-    #[error("ACME: {during}: {source}")]
+    #[error("ACME: {during}: {}", describe_client_error(.source))]
     Ca {
         during: &'static str,
         #[source]
@@ -47,7 +47,7 @@ pub enum AcmeError {
     },
     /// The CA does not know the stored account (a test CA restarted, a
     /// staging reset): registering again is the remedy.
-    #[error("ACME: {during}: the CA does not know the stored account ({source})")]
+    #[error("ACME: {during}: the CA does not know the stored account ({})", describe_client_error(.source))]
     UnknownAccount {
         during: &'static str,
         #[source]
@@ -94,4 +94,59 @@ impl AcmeError {
         let what = what.into();
         move |source| AcmeError::Io { what, source }
     }
+}
+
+/// What failed, said for an admin: the CA's problem document (type and
+/// detail), or the cause at the bottom of an HTTP error (the client's own
+/// message is "client error (Connect)"), with what to do for the usual
+/// three: a refused connection, a name that does not resolve, a TLS
+/// certificate not trusted.
+pub fn describe_client_error(error: &instant_acme::Error) -> String {
+    if let instant_acme::Error::Api(problem) = error {
+        let kind = problem.r#type.as_deref().unwrap_or("about:blank");
+        let detail = problem.detail.as_deref().unwrap_or("no detail given");
+        return format!("the CA refused: {detail} (problem {kind})");
+    }
+    let mut chain: Vec<String> = Vec::new();
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    let mut io_kind = None;
+    let mut tls = None;
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !chain.iter().any(|seen| seen.contains(&text)) {
+            chain.push(text);
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            io_kind.get_or_insert(io.kind());
+        }
+        if let Some(t) = e.downcast_ref::<rustls::Error>() {
+            tls.get_or_insert_with(|| t.to_string());
+        }
+        source = e.source();
+    }
+    let all = chain.join(": ");
+    let lower = all.to_ascii_lowercase();
+    // rustls's error may arrive wrapped where no downcast reaches it; its
+    // text is then the evidence.
+    let tls = tls.or_else(|| {
+        chain
+            .iter()
+            .find(|t| t.starts_with("invalid peer certificate"))
+            .cloned()
+    });
+    let hint = if let Some(t) = tls.filter(|t| t.contains("certificate")) {
+        format!(
+            "the CA's TLS certificate is not trusted ({t}); keywarden trusts the system's CA certificates \
+             (package ca-certificates) or only acme.ca_file when it is set"
+        )
+    } else if io_kind == Some(std::io::ErrorKind::ConnectionRefused) {
+        "connection refused: nothing listens at the CA's address (acme.directory)".to_string()
+    } else if lower.contains("dns error") || lower.contains("failed to lookup address") {
+        "the CA's host name does not resolve (acme.directory)".to_string()
+    } else if io_kind == Some(std::io::ErrorKind::TimedOut) || lower.contains("timed out") {
+        "the connection to the CA timed out".to_string()
+    } else {
+        return all;
+    };
+    format!("{hint} [{all}]")
 }
