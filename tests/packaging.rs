@@ -125,3 +125,51 @@ fn the_unit_forbids_core_files() {
         "secrets live in memory: no core files"
     );
 }
+
+/// The man page is one page: it names no `keywarden-*(8)` page (none is
+/// shipped), documents every command, shows `--config PATH` with its
+/// argument, and lists every exit status the program uses.
+#[test]
+fn the_man_page_is_whole_and_names_no_missing_page() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keywarden"))
+        .arg("manpage")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let page = String::from_utf8(out.stdout).unwrap();
+    let named: Vec<&str> = page
+        .lines()
+        .filter(|l| l.contains("keywarden\\-") && l.contains("(8)"))
+        .collect();
+    assert!(named.is_empty(), "sub-pages are named: {named:?}");
+    assert!(page.contains("\\fB\\-\\-config\\fR \\fIPATH\\fR"), "{page}");
+    for command in [
+        "keywarden keys create",
+        "keywarden certs renew",
+        "keywarden perms scan",
+        "keywarden jobs run",
+    ] {
+        assert!(
+            page.contains(&format!(".SS \"{}", command.replace('-', "\\-"))),
+            "{command} is not documented"
+        );
+    }
+    let status = &page[page.find(".SH \"EXIT STATUS\"").unwrap()..];
+    for code in ["\n0\n", "\n1\n", "\n2\n", "\n3\n", "\n75\n", "\n78\n", "\n128+n\n"] {
+        assert!(status.contains(code), "exit status {code:?} is missing");
+    }
+    // roff renders it without a warning.
+    let mut groff = std::process::Command::new("groff")
+        .args(["-man", "-ww", "-z"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(groff.stdin.as_mut().unwrap(), page.as_bytes()).unwrap();
+    let checked = groff.wait_with_output().unwrap();
+    assert!(
+        checked.status.success() && checked.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+}
