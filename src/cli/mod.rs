@@ -21,6 +21,7 @@ pub mod check_config;
 pub mod docs;
 pub mod jobs;
 pub mod keys;
+pub mod metrics;
 pub mod migrate;
 pub mod notifications;
 pub mod perms;
@@ -104,6 +105,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the metrics the daemon publishes (Prometheus text format)
+    Metrics {
+        /// OpenMetrics 1.0 text instead
+        #[arg(long)]
+        openmetrics: bool,
+    },
 }
 
 impl Command {
@@ -111,7 +118,11 @@ impl Command {
     /// quietly like other Unix tools instead of failing on a closed pipe.
     fn only_prints(&self) -> bool {
         match self {
-            Command::Status { .. } | Command::Completions { .. } | Command::Manpage | Command::CheckConfig => true,
+            Command::Status { .. }
+            | Command::Metrics { .. }
+            | Command::Completions { .. }
+            | Command::Manpage
+            | Command::CheckConfig => true,
             Command::Jobs(c) => matches!(c, jobs::JobsCommand::List { .. }),
             Command::Users(c) => matches!(c, users::UsersCommand::List { .. }),
             Command::Keys(c) => matches!(
@@ -163,6 +174,7 @@ pub fn main() -> ExitCode {
         Command::Completions { shell } => docs::completions(shell),
         Command::Manpage => docs::manpage(),
         Command::Status { json } => status::run(&path, json),
+        Command::Metrics { openmetrics } => metrics::run(&path, openmetrics),
     }
 }
 

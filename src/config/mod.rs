@@ -19,6 +19,7 @@ pub mod duration;
 mod errors;
 pub mod jobs;
 pub mod keys;
+pub mod metrics;
 pub mod notifications;
 pub mod permissions;
 pub mod schedule;
@@ -99,6 +100,7 @@ pub struct Config {
     pub acme: Option<acme::AcmeConfig>,
     pub certificates: Vec<acme::CertificateConfig>,
     pub monitors: Vec<acme::MonitorConfig>,
+    pub metrics: Option<metrics::MetricsConfig>,
 }
 
 /// The sections of one file as they are read, defaults where absent.
@@ -112,6 +114,7 @@ struct Sections {
     acme: Option<acme::AcmeConfig>,
     certificates: Vec<acme::CertificateConfig>,
     monitors: Vec<acme::MonitorConfig>,
+    metrics: Option<metrics::MetricsConfig>,
     /// Where the certificate sections are, for problems across them.
     certificates_at: std::ops::Range<usize>,
     jobs: BTreeMap<&'static str, JobSection>,
@@ -145,9 +148,10 @@ impl Sections {
                 self.monitors = errors.section(value).unwrap_or_default();
             }
             "jobs" => self.read_jobs(errors, value, checks),
+            "metrics" => self.metrics = errors.checked(value),
             other => errors.at(
                 key.span(),
-                format!("unknown section {other:?}; expected one of: daemon, database, keys, notifications, permissions, acme, certificates, monitor, jobs"),
+                format!("unknown section {other:?}; expected one of: daemon, database, keys, notifications, permissions, acme, certificates, monitor, metrics, jobs"),
             ),
         }
     }
@@ -251,6 +255,7 @@ impl Sections {
             acme: self.acme,
             certificates: self.certificates,
             monitors: self.monitors,
+            metrics: self.metrics,
         })
     }
 }

@@ -8,7 +8,8 @@
 //! no new runs, running jobs get `daemon.shutdown_timeout` to finish, and a
 //! second signal exits at once.
 //!
-//! Imports: jobs, perms (the continuous watcher), db, telemetry, config.
+//! Imports: metrics, jobs, perms (the continuous watcher), db, telemetry,
+//! config.
 
 pub mod notify;
 pub mod reload;
@@ -82,6 +83,7 @@ where
         return Exit::Failed;
     }
     state.restart_services(|_| true).await;
+    state.restart_metrics().await;
     // Work that failed before this start is retried on time.
     state.wake_for_retries(&state).await;
     notify::spawn_watchdog(stop.clone());

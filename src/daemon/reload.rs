@@ -117,6 +117,7 @@ async fn apply(state: &Arc<DaemonState>, new: Config) -> ReloadOutcome {
     if !restart.is_empty() {
         state.restart_services(|spec| restart.contains(&spec.name)).await;
     }
+    state.restart_metrics().await;
     ReloadOutcome::Applied { changes }
 }
 

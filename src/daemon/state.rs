@@ -17,6 +17,7 @@ use uuid::Uuid;
 use crate::config::{Config, JobSettings};
 use crate::db::Database;
 use crate::jobs::{self, registry, JobSpec, RunOutcome, Trigger};
+use crate::metrics::JobCounters;
 use crate::telemetry::Telemetry;
 
 use super::notify;
@@ -56,6 +57,10 @@ pub struct DaemonState {
     /// The jobs' services ([`JobSpec::service`]) running now, each with its
     /// own stop token and task.
     services: tokio::sync::Mutex<HashMap<&'static str, (CancellationToken, tokio::task::JoinHandle<()>)>>,
+    /// This daemon's job runs, for the metrics.
+    pub counters: Arc<JobCounters>,
+    /// The metrics task ([`crate::metrics::exporter`]), when `[metrics]` is set.
+    metrics: tokio::sync::Mutex<Option<(CancellationToken, tokio::task::JoinHandle<()>)>>,
 }
 
 impl DaemonState {
@@ -85,7 +90,26 @@ impl DaemonState {
             stop,
             tracker,
             services: tokio::sync::Mutex::new(HashMap::new()),
+            counters: Arc::default(),
+            metrics: tokio::sync::Mutex::new(None),
         })
+    }
+
+    /// Stops the metrics task and starts it again with the configuration in
+    /// force (at start, and after a reload: the sockets may have moved).
+    pub async fn restart_metrics(&self) {
+        let mut slot = self.metrics.lock().await;
+        if let Some((token, handle)) = slot.take() {
+            token.cancel();
+            let _ = handle.await;
+        }
+        let config = self.config();
+        if config.metrics.is_none() || self.stop.is_cancelled() {
+            return;
+        }
+        let token = self.stop.child_token();
+        let task = crate::metrics::exporter::run(self.database.clone(), config, self.counters.clone(), token.clone());
+        *slot = Some((token, self.tracker.spawn(task)));
     }
 
     /// Stops the services of the jobs `which` selects, and starts each again
@@ -270,6 +294,12 @@ impl DaemonState {
     }
 
     fn note_outcome(&self, job: &'static str, outcome: &RunOutcome) {
+        let (label, rows) = match outcome {
+            RunOutcome::Completed { report, .. } => ("ok", report.rows_affected),
+            RunOutcome::Failed { .. } => ("failed", 0),
+            RunOutcome::Skipped => ("skipped", 0),
+        };
+        self.counters.record(job, label, rows);
         let summary = match outcome {
             RunOutcome::Completed { report, .. } if !report.problems.is_empty() => {
                 self.note_error(job, report.problems.join("; "), false);
