@@ -267,21 +267,7 @@ impl Session<'_> {
         };
         info!(cert = %cert.name, "certificate {}: issuing ({why})", cert.name);
         let replaces = self.replaces(installed.as_ref().ok());
-        let mut obtained = self.obtain_and_install(cert, replaces.as_deref());
-        if matches!(&obtained, Err(AcmeError::UnknownAccount { .. })) {
-            // The CA no longer knows the stored account (a test CA restarted,
-            // a staging reset): set the file aside and register again, once.
-            if let Some(acme) = &self.config.acme {
-                let aside = format!("{}.unknown", acme.account_file.display());
-                warn!(
-                    "the CA does not know the stored ACME account; moving {} to {aside} and registering a new one",
-                    acme.account_file.display()
-                );
-                let _ = std::fs::rename(&acme.account_file, &aside);
-                self.account = None;
-                obtained = self.obtain_and_install(cert, None);
-            }
-        }
+        let obtained = self.obtain_once_more_if_unknown(cert, replaces.as_deref());
         match obtained {
             Ok(info) => {
                 let next_renewal = self.plan(&info);
@@ -322,6 +308,29 @@ impl Session<'_> {
                 Ok(report(Outcome::Failed { error }, installed.as_ref().ok()))
             }
         }
+    }
+
+    /// Obtains and installs; when the CA no longer knows the stored account
+    /// (a test CA restarted, a staging reset), sets the file aside and
+    /// registers again, once.
+    fn obtain_once_more_if_unknown(
+        &mut self,
+        cert: &CertificateConfig,
+        replaces: Option<&str>,
+    ) -> Result<CertInfo, AcmeError> {
+        let obtained = self.obtain_and_install(cert, replaces);
+        if !matches!(&obtained, Err(AcmeError::UnknownAccount { .. })) {
+            return obtained;
+        }
+        let Some(acme) = &self.config.acme else { return obtained };
+        let aside = format!("{}.unknown", acme.account_file.display());
+        warn!(
+            "the CA does not know the stored ACME account; moving {} to {aside} and registering a new one",
+            acme.account_file.display()
+        );
+        let _ = std::fs::rename(&acme.account_file, &aside);
+        self.account = None;
+        self.obtain_and_install(cert, None)
     }
 
     /// Runs the deploy hook owed for `info` (after `failures_before` failed

@@ -49,34 +49,7 @@ pub fn run(path: &Path, cmd: CertsCommand) -> ExitCode {
                 ExitCode::SUCCESS
             }
             Ok(rows) => {
-                let now = crate::db::now();
-                println!(
-                    "{:<20}  {:<9}  {:<32}  {:<28}  {:>9}  {:<17}  LAST ERROR",
-                    "NAME", "KIND", "DOMAINS", "ISSUER", "DAYS LEFT", "NEXT CHECK"
-                );
-                for r in rows {
-                    let days = r
-                        .not_after
-                        .map(|t| format!("{:.1}", (t - now).num_minutes() as f64 / 1440.0))
-                        .unwrap_or_else(|| "-".into());
-                    let next = r
-                        .next_deploy_at
-                        .filter(|_| r.pending_deploy().is_some())
-                        .or(r.next_attempt_at)
-                        .or(r.renew_at);
-                    let problem = r.problem().unwrap_or_default();
-                    println!(
-                        "{:<20}  {:<9}  {:<32}  {:<28}  {:>9}  {:<17}  {}",
-                        r.name,
-                        r.kind,
-                        r.domains.chars().take(32).collect::<String>(),
-                        r.issuer.unwrap_or_default().chars().take(28).collect::<String>(),
-                        days,
-                        next.map(|t| t.format("%Y-%m-%d %H:%M").to_string())
-                            .unwrap_or_else(|| "-".into()),
-                        problem.chars().take(100).collect::<String>()
-                    );
-                }
+                print_list(rows);
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -193,5 +166,37 @@ fn print_reports(reports: &[Report]) {
             Outcome::Unreadable { error } => format!("UNREADABLE: {error}"),
         };
         println!("{} ({}): {left}; {what}", r.name, r.kind);
+    }
+}
+
+/// The `certs list` table.
+fn print_list(rows: Vec<store::CertRow>) {
+    let now = crate::db::now();
+    println!(
+        "{:<20}  {:<9}  {:<32}  {:<28}  {:>9}  {:<17}  PROBLEM",
+        "NAME", "KIND", "DOMAINS", "ISSUER", "DAYS LEFT", "NEXT CHECK"
+    );
+    for r in rows {
+        let days = r
+            .not_after
+            .map(|t| format!("{:.1}", (t - now).num_minutes() as f64 / 1440.0))
+            .unwrap_or_else(|| "-".into());
+        let next = r
+            .next_deploy_at
+            .filter(|_| r.pending_deploy().is_some())
+            .or(r.next_attempt_at)
+            .or(r.renew_at);
+        let problem = r.problem().unwrap_or_default();
+        println!(
+            "{:<20}  {:<9}  {:<32}  {:<28}  {:>9}  {:<17}  {}",
+            r.name,
+            r.kind,
+            r.domains.chars().take(32).collect::<String>(),
+            r.issuer.unwrap_or_default().chars().take(28).collect::<String>(),
+            days,
+            next.map(|t| t.format("%Y-%m-%d %H:%M").to_string())
+                .unwrap_or_else(|| "-".into()),
+            problem.chars().take(100).collect::<String>()
+        );
     }
 }
