@@ -176,6 +176,11 @@ fn watch_latency(dir: &Path, root: &Path, files: &[PathBuf], url: &str) -> ((f64
     let rss_idle = rss_kib(child.id(), "VmRSS:");
     // Every 100th file, so the changes spread over the whole tree.
     let targets: Vec<&PathBuf> = files.iter().step_by(files.len() / CHANGES).take(CHANGES).collect();
+    // Their modes as built (.env 0600, scripts 0750, code 0644), to put back.
+    let original: Vec<u32> = targets
+        .iter()
+        .map(|p| std::fs::metadata(p).expect("stat").permissions().mode() & 0o7777)
+        .collect();
     let mut changed_at = Vec::new();
     for p in &targets {
         let at = chrono::Utc::now().naive_utc();
@@ -209,9 +214,10 @@ fn watch_latency(dir: &Path, root: &Path, files: &[PathBuf], url: &str) -> ((f64
         })
         .collect();
     delays.sort_by(|a, b| a.total_cmp(b));
-    // Put the tree back for the next backend.
-    for p in &targets {
-        chmod(p, 0o644);
+    // Put the tree back as it was for the next backend: each file its own
+    // mode (restoring every target to 0644 left the .env files drifted).
+    for (p, mode) in targets.iter().zip(&original) {
+        chmod(p, *mode);
     }
     (
         (

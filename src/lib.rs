@@ -33,9 +33,10 @@
 //!   [`db::migrate`]. Diesel is synchronous: jobs run on tokio's blocking
 //!   pool, one connection per run, which for jobs that fire every few minutes
 //!   costs nothing and avoids a pool holding session state.
-//! - **`croner`** validates schedules and computes next runs; it is the parser
-//!   `tokio-cron-scheduler` uses, configured the same way, so `check-config`,
-//!   `jobs list` and the scheduler agree.
+//! - **`croner`** validates schedules and computes next runs, for
+//!   `check-config`, `jobs list` and the daemon alike: each job's task sleeps
+//!   until its next time and nothing else (tokio-cron-scheduler, chosen at
+//!   first, polls every job twice a second, so an idle daemon never slept).
 //! - **`toml`'s spanned parser** (`DeTable`) lets each section be checked on
 //!   its own, so one pass reports every broken section with its place.
 //! - **`signal-hook-tokio`** delivers signals as a stream, so reload and stop

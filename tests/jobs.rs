@@ -24,6 +24,114 @@ both_backends!(
     certs_renew_skips_while_a_renewal_holds_the_lock,
 );
 
+/// PostgreSQL only: a snapshot held by one connection pins the vacuum
+/// horizon of the whole server (SQLite has no such thing across processes).
+mod postgres_horizon {
+    #[test]
+    fn a_long_job_holds_no_snapshot_between_its_batches() {
+        super::a_long_job_holds_no_snapshot_between_its_batches();
+    }
+}
+
+#[derive(diesel::QueryableByName, Debug)]
+struct Activity {
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    pid: i32,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    state: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    xmin: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    xact_start: Option<String>,
+}
+
+/// While expire-keys works through 150,000 due keys in batches of 500, no
+/// keywarden connection is ever idle inside a transaction (the job lock's
+/// connection was, for the whole job, holding back VACUUM), and no snapshot
+/// outlives a batch.
+fn a_long_job_holds_no_snapshot_between_its_batches() {
+    let db = TestDb::new(Backend::Postgres);
+    let mut conn = db.conn();
+    diesel::sql_query(
+        "INSERT INTO users (email, status, created_at, updated_at) VALUES ('horizon@example.com', 'active', now(), now())",
+    )
+    .execute(&mut conn)
+    .unwrap();
+    diesel::sql_query(
+        "INSERT INTO api_keys (prefix, key_hash, name, status, owner_id, scopes, allowed_ips, expires_at, created_at, updated_at) \
+         SELECT 'sk_live_v2_' || lpad(to_hex(g), 16, '0'), '$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaA', 'k' || g, \
+                'active', (SELECT id FROM users LIMIT 1), '[]', '[]', now() - interval '1 hour', now(), now() \
+         FROM generate_series(1, 150000) AS g",
+    )
+    .execute(&mut conn)
+    .unwrap();
+    let config = db.write_config("k.toml", "[jobs.expire-keys]\nbatch_size = 500\n");
+    // Its log goes to a file: a pipe nobody reads would fill and stop it.
+    let log = db.path().join("job.log");
+    let mut job = std::process::Command::new(BIN)
+        .args(["--config", &config.display().to_string(), "jobs", "run", "expire-keys"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut watcher = diesel::PgConnection::establish(&db.url).unwrap();
+    let mut samples = 0;
+    let mut most_connections = 0;
+    // (pid, transaction start) of each snapshot seen, and when first seen.
+    let mut snapshots: std::collections::HashMap<(i32, String), std::time::Instant> = Default::default();
+    let status = loop {
+        if let Some(status) = job.try_wait().unwrap() {
+            break status;
+        }
+        let seen: Vec<Activity> = diesel::sql_query(
+            "SELECT pid, state, backend_xmin::text AS xmin, xact_start::text AS xact_start FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
+        )
+        .load(&mut watcher)
+        .unwrap();
+        samples += 1;
+        most_connections = most_connections.max(seen.len());
+        for a in &seen {
+            assert!(
+                !a.state
+                    .as_deref()
+                    .unwrap_or_default()
+                    .starts_with("idle in transaction"),
+                "a keywarden connection sits idle in a transaction during the job: {a:?}"
+            );
+            if let (Some(_), Some(start)) = (&a.xmin, &a.xact_start) {
+                let first = *snapshots
+                    .entry((a.pid, start.clone()))
+                    .or_insert_with(std::time::Instant::now);
+                assert!(
+                    first.elapsed() < std::time::Duration::from_secs(2),
+                    "a snapshot outlived its batch by seconds: {a:?}"
+                );
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(
+        status.success(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let left: i64 = diesel::sql_query("SELECT count(*) AS n FROM api_keys WHERE status = 'active'")
+        .get_result::<Count>(&mut conn)
+        .unwrap()
+        .n;
+    assert_eq!(left, 0);
+    // The job ran long enough to be watched, on its two connections.
+    assert!(samples >= 10, "{samples} samples");
+    assert!(most_connections >= 2, "saw at most {most_connections} connection(s)");
+}
+
+#[derive(diesel::QueryableByName)]
+struct Count {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}
+
 /// The lease exists on SQLite only (PostgreSQL's advisory lock goes with the
 /// holder's connection).
 mod sqlite_lease {
@@ -395,8 +503,8 @@ fn certs_renew_skips_while_a_renewal_holds_the_lock(backend: Backend) {
 }
 
 /// Runs `f` while this test plays another process holding `job`'s lock: on
-/// PostgreSQL its own connection holds the transaction-scoped advisory
-/// lock; on SQLite a lease row names a holder on another host.
+/// PostgreSQL its own connection holds the session-level advisory lock; on
+/// SQLite a lease row names a holder on another host.
 fn while_another_process_holds(
     db: &TestDb,
     conn: &mut keywarden::db::DbConnection,
@@ -410,16 +518,14 @@ fn while_another_process_holds(
             let keywarden::db::DbConnection::Postgres(pg) = &mut other else {
                 unreachable!()
             };
-            pg.transaction::<_, diesel::result::Error, _>(|pg| {
-                let got: bool = diesel::select(keywarden::db::lock::pg_try_advisory_xact_lock(
-                    keywarden::db::lock::lock_key(job),
-                ))
-                .get_result(pg)?;
-                assert!(got);
-                f();
-                Ok(())
-            })
+            let got: bool = diesel::select(keywarden::db::lock::pg_try_advisory_lock(
+                keywarden::db::lock::lock_key(job),
+            ))
+            .get_result(pg)
             .unwrap();
+            assert!(got);
+            f();
+            // Dropping the connection releases the session lock.
         }
         Backend::Sqlite => {
             let now = keywarden::db::now();

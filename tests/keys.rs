@@ -27,6 +27,7 @@ both_backends!(
     an_unreadable_allow_list_or_scope_list_refuses_the_key,
     a_disabled_owners_keys_do_not_verify,
     a_cost_raise_reaches_each_key_at_its_next_successful_verification,
+    listing_any_number_of_keys_takes_constant_memory_and_pages_by_prefix,
 );
 
 fn stored_hash(conn: &mut keywarden::db::DbConnection, prefix: &str) -> String {
@@ -964,4 +965,92 @@ fn purge_audit_keeps_what_is_inside_the_retention(backend: Backend) {
             .contains("x.toml:2:19: keys.audit_retention must be at least 90d"),
         "{err}"
     );
+}
+
+/// 200,000 keys listed (table, JSON array, JSON lines) in the memory of a
+/// few: rows stream from the database to a buffered stdout. The previous
+/// listing loaded every row first (1.2 GiB at a million keys). Then paging
+/// with --limit and the --after keyset cursor visits every key once.
+fn listing_any_number_of_keys_takes_constant_memory_and_pages_by_prefix(backend: Backend) {
+    const KEYS: usize = 200_000;
+    let db = TestDb::new(backend);
+    let cfg = db.write_config("k.toml", "");
+    let mut conn = db.conn();
+    let owner = add_user(&mut conn, "many@example.com");
+    let numbers = match backend {
+        Backend::Postgres => format!("SELECT g AS n FROM generate_series(1, {KEYS}) AS g"),
+        Backend::Sqlite => {
+            format!("WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < {KEYS}) SELECT n FROM s")
+        }
+    };
+    let hex = match backend {
+        Backend::Postgres => "lpad(to_hex(n), 16, '0')",
+        Backend::Sqlite => "printf('%016x', n)",
+    };
+    let now = match backend {
+        Backend::Postgres => "now()::timestamp",
+        Backend::Sqlite => "datetime('now')",
+    };
+    diesel::sql_query(format!(
+        "INSERT INTO api_keys (prefix, key_hash, name, status, owner_id, scopes, allowed_ips, expires_at, created_at, updated_at) \
+         SELECT 'sk_live_v2_' || {hex}, '$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaA', 'key ' || n, 'active', {owner}, '[]', '[]', \
+                {now}, {now}, {now} FROM ({numbers}) AS numbers"
+    ))
+    .execute(&mut conn)
+    .unwrap();
+    let config = cfg.display().to_string();
+    for format in [&[][..], &["--json"][..], &["--json-lines"][..]] {
+        let out = std::process::Command::new("/usr/bin/time")
+            .args([
+                "-f", "%M", BIN, "--config", &config, "keys", "list", "--status", "active",
+            ])
+            .args(format)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        let peak_kib: u64 = stderr.lines().last().unwrap().trim().parse().unwrap();
+        assert!(peak_kib < 50 * 1024, "keys list {format:?} peaked at {peak_kib} KiB");
+        let text = String::from_utf8(out.stdout).unwrap();
+        match format.first().copied() {
+            None => assert_eq!(text.lines().count(), KEYS + 1),
+            Some("--json") => {
+                let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(v.as_array().unwrap().len(), KEYS);
+            }
+            _ => {
+                assert_eq!(text.lines().count(), KEYS);
+                let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+                assert_eq!(last["owner_email"], "many@example.com");
+            }
+        }
+    }
+    // Paging: three pages of 1,000 after a cursor, in prefix order, no gap.
+    let mut after = "sk_live_v2_0000000000000fff".to_string();
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let page = ok(keywarden(
+            &cfg,
+            &["keys", "list", "--limit", "1000", "--after", &after, "--json-lines"],
+        ));
+        let prefixes: Vec<String> = page
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["prefix"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(prefixes.len(), 1000);
+        after = prefixes.last().unwrap().clone();
+        seen.extend(prefixes);
+    }
+    let expected: Vec<String> = (0x1000..0x1000 + 3000)
+        .map(|n| format!("sk_live_v2_{n:016x}"))
+        .collect();
+    assert_eq!(seen, expected);
+    // A cursor with --sort is refused: the cursor is a prefix.
+    let out = keywarden(&cfg, &["keys", "list", "--after", "x", "--sort", "name"]);
+    assert_eq!(out.status.code(), Some(2));
 }

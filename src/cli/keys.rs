@@ -16,7 +16,7 @@ use super::{connect_current, load_config, open_database, EXIT_FAILURE, EXIT_USAG
 use crate::config::duration::parse_duration;
 use crate::keys::format::MAX_KEY_LEN;
 use crate::keys::model::ApiKey;
-use crate::keys::service::{list, usage, CreateKey, KeyService, ListFilter, ListedKey, SortColumn, UsageReport};
+use crate::keys::service::{list_each, usage, CreateKey, KeyService, ListError, ListFilter, SortColumn, UsageReport};
 use crate::keys::{VerifyOutcome, VerifyRequest};
 
 #[derive(Debug, Subcommand)]
@@ -49,8 +49,19 @@ pub enum KeysCommand {
         sort: Option<String>,
         #[arg(long)]
         desc: bool,
-        #[arg(long)]
+        /// At most this many keys
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(i64).range(1..))]
+        limit: Option<i64>,
+        /// Only keys whose prefix sorts after PREFIX, in prefix order: with
+        /// --limit, the next page after the last prefix of the previous one
+        #[arg(long, value_name = "PREFIX", conflicts_with = "sort")]
+        after: Option<String>,
+        /// Print a JSON array (streamed: any number of keys in constant memory)
+        #[arg(long, conflicts_with = "json_lines")]
         json: bool,
+        /// Print one JSON object per line
+        #[arg(long)]
+        json_lines: bool,
     },
     /// Show one key
     Show {
@@ -229,7 +240,10 @@ pub fn run(path: &Path, cmd: KeysCommand) -> ExitCode {
             owner,
             status,
             desc,
+            limit,
+            after,
             json,
+            json_lines,
             ..
         } => {
             let filter = ListFilter {
@@ -237,8 +251,15 @@ pub fn run(path: &Path, cmd: KeysCommand) -> ExitCode {
                 status,
                 sort,
                 descending: desc,
+                limit,
+                after_prefix: after,
             };
-            report(list(&mut conn, &filter), json, |keys| print_key_table(keys))
+            let format = match (json, json_lines) {
+                (true, _) => ListFormat::JsonArray,
+                (_, true) => ListFormat::JsonLines,
+                _ => ListFormat::Table,
+            };
+            print_list(&mut conn, &filter, format)
         }
         KeysCommand::Show { prefix, json } => report(KeyService::find(&mut conn, &prefix), json, show),
         KeysCommand::Rotate { prefix, .. } => match service.rotate(&mut conn, &prefix, grace, &actor("keys rotate")) {
@@ -275,22 +296,62 @@ pub fn run(path: &Path, cmd: KeysCommand) -> ExitCode {
 }
 
 /// `keys list` as a table.
-fn print_key_table(keys: &[ListedKey]) {
-    println!(
-        "{:<30}  {:<9}  {:<24}  {:<28}  {:<20}  {:>6}  LAST USED",
-        "PREFIX", "STATUS", "NAME", "OWNER", "EXPIRES", "USES"
-    );
-    for k in keys {
-        println!(
-            "{:<30}  {:<9}  {:<24}  {:<28}  {:<20}  {:>6}  {}",
-            k.key.prefix,
-            k.key.status,
-            printable(&k.key.name.chars().take(24).collect::<String>()),
-            printable(&k.owner_email.chars().take(28).collect::<String>()),
-            ts(k.key.expires_at),
-            k.key.usage_count,
-            k.key.last_used_at.map(ts).unwrap_or_else(|| "-".into())
-        );
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ListFormat {
+    Table,
+    JsonArray,
+    JsonLines,
+}
+
+/// `keys list`: each key written as it arrives from the database, through
+/// one buffered writer, so the listing's memory does not grow with it.
+fn print_list(conn: &mut crate::db::DbConnection, filter: &ListFilter, format: ListFormat) -> ExitCode {
+    use std::io::Write;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
+    let mut first = true;
+    let started = match format {
+        ListFormat::Table => writeln!(
+            out,
+            "{:<30}  {:<9}  {:<24}  {:<28}  {:<20}  {:>6}  LAST USED",
+            "PREFIX", "STATUS", "NAME", "OWNER", "EXPIRES", "USES"
+        ),
+        ListFormat::JsonArray => out.write_all(b"["),
+        ListFormat::JsonLines => Ok(()),
+    };
+    let listed = started.map_err(ListError::from).and_then(|()| {
+        list_each(conn, filter, |k| match format {
+            ListFormat::Table => writeln!(
+                out,
+                "{:<30}  {:<9}  {:<24}  {:<28}  {:<20}  {:>6}  {}",
+                k.key.prefix,
+                k.key.status,
+                printable(&k.key.name.chars().take(24).collect::<String>()),
+                printable(&k.owner_email.chars().take(28).collect::<String>()),
+                ts(k.key.expires_at),
+                k.key.usage_count,
+                k.key.last_used_at.map(ts).unwrap_or_else(|| "-".into())
+            ),
+            ListFormat::JsonArray => {
+                out.write_all(if first { b"\n  " } else { b",\n  " })?;
+                first = false;
+                serde_json::to_writer(&mut out, &k).map_err(std::io::Error::other)
+            }
+            ListFormat::JsonLines => {
+                serde_json::to_writer(&mut out, &k).map_err(std::io::Error::other)?;
+                out.write_all(b"\n")
+            }
+        })
+    });
+    let ended = listed.and_then(|()| {
+        if format == ListFormat::JsonArray {
+            out.write_all(if first { b"]\n" } else { b"\n]\n" })?;
+        }
+        out.flush().map_err(ListError::from)
+    });
+    match ended {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
     }
 }
 

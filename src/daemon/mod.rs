@@ -70,18 +70,9 @@ where
 
     let stop = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let state = match DaemonState::start(config_path, config, database, telemetry, stop.clone(), tracker.clone()).await
-    {
-        Ok(s) => Arc::new(s),
-        Err(e) => {
-            error!("cannot start the scheduler: {e}");
-            return Exit::Failed;
-        }
-    };
-    if let Err(e) = state.schedule_all(&state).await {
-        error!("cannot schedule jobs: {e}");
-        return Exit::Failed;
-    }
+    let state =
+        Arc::new(DaemonState::start(config_path, config, database, telemetry, stop.clone(), tracker.clone()).await);
+    state.schedule_all(&state).await;
     state.restart_services(|_| true).await;
     state.restart_metrics().await;
     // Work that failed before this start is retried on time.
@@ -111,7 +102,6 @@ where
 
     notify::stopping();
     stop.cancel();
-    state.shutdown_scheduler().await;
     tracker.close();
     let running = tracker.len();
     if running > 0 {

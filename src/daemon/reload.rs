@@ -105,14 +105,10 @@ async fn apply(state: &Arc<DaemonState>, new: Config) -> ReloadOutcome {
     state.swap_config(new);
     state.telemetry.set_level(level);
     for name in to_unschedule {
-        if let Err(e) = state.unschedule(name).await {
-            error!(job = name, "could not unschedule {name}: {e}");
-        }
+        state.unschedule(name).await;
     }
     for (name, settings) in to_schedule {
-        if let Err(e) = state.schedule(state, name, &settings).await {
-            error!(job = name, "could not reschedule {name}: {e}");
-        }
+        state.schedule(state, name, &settings).await;
     }
     if !restart.is_empty() {
         state.restart_services(|spec| restart.contains(&spec.name)).await;

@@ -8,11 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use chrono::{DateTime, Utc};
-use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
-use uuid::Uuid;
 
 use crate::config::{Config, JobSettings};
 use crate::db::Database;
@@ -45,9 +43,8 @@ pub struct DaemonState {
     config: RwLock<Arc<Config>>,
     pub database: Database,
     pub telemetry: Telemetry,
-    scheduler: tokio::sync::Mutex<JobScheduler>,
-    /// Scheduler ids of the jobs currently scheduled.
-    scheduled: tokio::sync::Mutex<HashMap<&'static str, Uuid>>,
+    /// The ticking task of each job currently scheduled, by its stop token.
+    scheduled: tokio::sync::Mutex<HashMap<&'static str, CancellationToken>>,
     /// One flag per job: set while a run is in progress, so ticks never overlap.
     running: HashMap<&'static str, Arc<AtomicBool>>,
     last_run: Mutex<Option<LastRun>>,
@@ -71,15 +68,12 @@ impl DaemonState {
         telemetry: Telemetry,
         stop: CancellationToken,
         tracker: TaskTracker,
-    ) -> Result<Self, JobSchedulerError> {
-        let scheduler = JobScheduler::new().await?;
-        scheduler.start().await?;
-        Ok(Self {
+    ) -> Self {
+        Self {
             config_path,
             config: RwLock::new(Arc::new(config)),
             database,
             telemetry,
-            scheduler: tokio::sync::Mutex::new(scheduler),
             scheduled: tokio::sync::Mutex::new(HashMap::new()),
             running: registry::all()
                 .iter()
@@ -92,7 +86,7 @@ impl DaemonState {
             services: tokio::sync::Mutex::new(HashMap::new()),
             counters: Arc::default(),
             metrics: tokio::sync::Mutex::new(None),
-        })
+        }
     }
 
     /// Stops the metrics task and starts it again with the configuration in
@@ -161,54 +155,54 @@ impl DaemonState {
     }
 
     /// Schedules every enabled job of the current configuration.
-    pub async fn schedule_all(&self, me: &Arc<Self>) -> Result<(), JobSchedulerError> {
+    pub async fn schedule_all(&self, me: &Arc<Self>) {
         let config = self.config();
         for (name, settings) in &config.jobs {
             if settings.enabled {
-                self.schedule(me, name, settings).await?;
+                self.schedule(me, name, settings).await;
             } else {
                 info!(job = *name, "job {name} is disabled");
             }
         }
-        Ok(())
     }
 
-    /// Adds (or replaces) one job in the scheduler.
-    pub async fn schedule(
-        &self,
-        me: &Arc<Self>,
-        name: &'static str,
-        settings: &JobSettings,
-    ) -> Result<(), JobSchedulerError> {
+    /// Adds (or replaces) one job's ticking task: it sleeps until the
+    /// schedule's next time and starts a run, and nothing wakes it in
+    /// between (a scheduler polling its jobs every 500 ms kept an idle
+    /// daemon waking twice a second).
+    pub async fn schedule(&self, me: &Arc<Self>, name: &'static str, settings: &JobSettings) {
+        let token = self.stop.child_token();
+        if let Some(old) = self.scheduled.lock().await.insert(name, token.clone()) {
+            old.cancel();
+        }
         let weak = Arc::downgrade(me);
-        let job = Job::new_async(settings.schedule.six_fields(), move |_id, _sched| {
-            let weak = weak.clone();
-            Box::pin(async move {
-                if let Some(state) = weak.upgrade() {
-                    state.start_run(&state, name, Trigger::Schedule);
+        let schedule = settings.schedule.clone();
+        // Not in the tracker: a tick is no work to wait for at shutdown.
+        tokio::spawn(async move {
+            loop {
+                let now = Utc::now();
+                let Some(next) = schedule.next_after(now) else { return };
+                let wait = (next - now).to_std().unwrap_or_default();
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => {}
                 }
-            })
-        })?;
-        let scheduler = self.scheduler.lock().await;
-        let id = scheduler.add(job).await?;
-        if let Some(old) = self.scheduled.lock().await.insert(name, id) {
-            scheduler.remove(&old).await?;
-        }
+                // The wall clock may have been set back meanwhile: fire
+                // only once the tick's time has come.
+                if Utc::now() < next {
+                    continue;
+                }
+                let Some(state) = weak.upgrade() else { return };
+                state.start_run(&state, name, Trigger::Schedule);
+            }
+        });
         info!(job = name, "job {name} scheduled: {} (UTC)", settings.schedule);
-        Ok(())
     }
 
-    pub async fn unschedule(&self, name: &'static str) -> Result<(), JobSchedulerError> {
-        if let Some(id) = self.scheduled.lock().await.remove(name) {
-            self.scheduler.lock().await.remove(&id).await?;
+    pub async fn unschedule(&self, name: &'static str) {
+        if let Some(token) = self.scheduled.lock().await.remove(name) {
+            token.cancel();
             info!(job = name, "job {name} unscheduled");
-        }
-        Ok(())
-    }
-
-    pub async fn shutdown_scheduler(&self) {
-        if let Err(e) = self.scheduler.lock().await.shutdown().await {
-            warn!("scheduler shutdown: {e}");
         }
     }
 

@@ -1,10 +1,16 @@
 //! The job lock: at most one process runs a given job at a time, across
 //! every replica sharing the database.
 //!
-//! PostgreSQL: `pg_try_advisory_xact_lock` taken in a transaction on a
-//! connection of its own, held while the job works on another connection and
-//! released by that transaction's end. Nothing session-scoped is left behind,
-//! and if the process dies the server drops the lock with the connection.
+//! PostgreSQL: a session-level `pg_try_advisory_lock` on a connection of its
+//! own, outside any transaction, held while the job works on another
+//! connection in short transactions of its own, and released by
+//! `pg_advisory_unlock` (or the connection's end, should the process die).
+//! No transaction is open on the lock connection, so it holds no snapshot:
+//! a long job does not pin the vacuum horizon (a transaction-scoped lock
+//! kept the lock connection "idle in transaction" for the whole job). The
+//! run is fenced: between batches [`LockKeeper::renew`] asks the lock
+//! connection (at most once a second) and a connection that no longer
+//! answers means the lock is gone, so the job stops.
 //!
 //! SQLite (one host, several processes): a lease row in `job_leases` with an
 //! expiry, taken with an upsert that only succeeds when no live lease exists,
@@ -25,9 +31,17 @@ use super::{Database, DbConnection, DbError};
 /// How long an SQLite lease lives without renewal.
 pub const LEASE_TTL: TimeDelta = TimeDelta::minutes(10);
 
+/// How often, at most, a PostgreSQL run asks its lock connection whether
+/// it is still there.
+const FENCE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 diesel::define_sql_function! {
-    /// PostgreSQL's non-blocking transaction-scoped advisory lock.
-    fn pg_try_advisory_xact_lock(key: diesel::sql_types::BigInt) -> diesel::sql_types::Bool;
+    /// PostgreSQL's non-blocking session-level advisory lock.
+    fn pg_try_advisory_lock(key: diesel::sql_types::BigInt) -> diesel::sql_types::Bool;
+}
+
+diesel::define_sql_function! {
+    fn pg_advisory_unlock(key: diesel::sql_types::BigInt) -> diesel::sql_types::Bool;
 }
 
 /// The advisory-lock key for a job: FNV-1a of a namespaced name, so keys are
@@ -44,13 +58,34 @@ pub fn lock_key(job: &str) -> i64 {
 /// Keeps a held lock alive during a long run.
 pub struct LockKeeper {
     lease: Option<(String, String)>,
+    /// PostgreSQL: the connection holding the session lock, and when it
+    /// last answered.
+    session: Option<std::sync::Mutex<SessionLock>>,
+}
+
+struct SessionLock {
+    conn: diesel::PgConnection,
+    answered: std::time::Instant,
 }
 
 impl LockKeeper {
-    /// Extends the lease (SQLite). Returns false if the lease was lost, which
-    /// only happens when a run stalled past [`LEASE_TTL`] and another process
-    /// took over; the caller should stop.
+    /// Extends the lease (SQLite), or checks that the connection holding
+    /// the lock still answers (PostgreSQL). Returns false if the lock was
+    /// lost: an SQLite run that stalled past [`LEASE_TTL`] while another
+    /// process took over, or a PostgreSQL lock connection that was cut (the
+    /// server then releases the lock). The caller should stop.
     pub fn renew(&self, conn: &mut DbConnection) -> Result<bool, DbError> {
+        if let Some(session) = &self.session {
+            let Ok(mut lock) = session.lock() else { return Ok(false) };
+            if lock.answered.elapsed() < FENCE_INTERVAL {
+                return Ok(true);
+            }
+            let alive = diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>("1"))
+                .get_result::<i32>(&mut lock.conn)
+                .is_ok();
+            lock.answered = std::time::Instant::now();
+            return Ok(alive);
+        }
         let Some((job, holder)) = &self.lease else {
             return Ok(true);
         };
@@ -78,14 +113,24 @@ pub fn with_job_lock<R>(
             let DbConnection::Postgres(mut lock_conn) = db.connect()? else {
                 return Err(DbError::BackendMismatch);
             };
-            let keeper = LockKeeper { lease: None };
-            lock_conn.transaction::<_, DbError, _>(|lc| {
-                let got: bool = diesel::select(pg_try_advisory_xact_lock(lock_key(job))).get_result(lc)?;
-                if !got {
-                    return Ok(None);
-                }
-                Ok(Some(work(conn, &keeper)))
-            })
+            let key = lock_key(job);
+            let got: bool = diesel::select(pg_try_advisory_lock(key)).get_result(&mut lock_conn)?;
+            if !got {
+                return Ok(None);
+            }
+            let keeper = LockKeeper {
+                lease: None,
+                session: Some(std::sync::Mutex::new(SessionLock {
+                    conn: lock_conn,
+                    answered: std::time::Instant::now(),
+                })),
+            };
+            // Dropped on a panic too: closing the connection releases the lock.
+            let result = work(conn, &keeper);
+            if let Some(Ok(mut lock)) = keeper.session.map(|s| s.into_inner()) {
+                let _ = diesel::select(pg_advisory_unlock(key)).get_result::<bool>(&mut lock.conn);
+            }
+            Ok(Some(result))
         }
         DbConnection::Sqlite(lite) => {
             let me = holder.to_string();
@@ -96,6 +141,7 @@ pub fn with_job_lock<R>(
             }
             let keeper = LockKeeper {
                 lease: Some((job.to_string(), me.clone())),
+                session: None,
             };
             let result = work(conn, &keeper);
             release_lease(conn, job, &me)?;

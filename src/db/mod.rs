@@ -92,6 +92,26 @@ macro_rules! on_backend {
     };
 }
 
+/// Like [`on_backend!`], with `$mode` naming the loading mode that streams
+/// rows one at a time on that backend (PostgreSQL's row-by-row mode; SQLite
+/// always steps), for `load_iter` over results of any size: memory stays
+/// that of one row.
+#[macro_export]
+macro_rules! streaming_on_backend {
+    ($conn:expr, $c:ident, $mode:ident => $body:expr) => {
+        match $conn {
+            $crate::db::DbConnection::Postgres($c) => {
+                type $mode = diesel::pg::PgRowByRowLoadingMode;
+                $body
+            }
+            $crate::db::DbConnection::Sqlite($c) => {
+                type $mode = diesel::connection::DefaultLoadingMode;
+                $body
+            }
+        }
+    };
+}
+
 /// Which backend a connection talks to, for the few decisions that
 /// depend on it (one statement or a transaction).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

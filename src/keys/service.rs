@@ -360,6 +360,12 @@ pub struct ListFilter {
     pub status: Option<String>,
     pub sort: Option<SortColumn>,
     pub descending: bool,
+    /// At most this many keys.
+    pub limit: Option<i64>,
+    /// A keyset cursor: only keys whose prefix sorts after this one (in
+    /// prefix order, the listing's order then), for paging through any
+    /// number of keys with `--limit`.
+    pub after_prefix: Option<String>,
 }
 
 /// A key with its owner's email, for listings.
@@ -370,42 +376,86 @@ pub struct ListedKey {
     pub owner_email: String,
 }
 
-pub fn list(conn: &mut DbConnection, filter: &ListFilter) -> Result<Vec<ListedKey>, KeyError> {
-    let mut query = api_keys::table
-        .inner_join(users_t::table)
-        .select((ApiKey::as_select(), users_t::email))
-        .into_boxed();
-    if let Some(email) = &filter.owner_email {
-        let owner = users::find_by_email(conn, email)?.ok_or_else(|| KeyError::UnknownOwner(email.clone()))?;
-        query = query.filter(api_keys::owner_id.eq(owner.id));
-    }
-    if let Some(st) = &filter.status {
-        query = query.filter(api_keys::status.eq(st.clone()));
-    }
-    let desc = filter.descending;
-    query = match filter.sort.unwrap_or(SortColumn::CreatedAt) {
-        SortColumn::CreatedAt if desc => query.order(api_keys::created_at.desc()),
-        SortColumn::CreatedAt => query.order(api_keys::created_at.asc()),
-        SortColumn::ExpiresAt if desc => query.order(api_keys::expires_at.desc()),
-        SortColumn::ExpiresAt => query.order(api_keys::expires_at.asc()),
-        SortColumn::LastUsedAt if desc => query.order(api_keys::last_used_at.desc()),
-        SortColumn::LastUsedAt => query.order(api_keys::last_used_at.asc()),
-        SortColumn::Name if desc => query.order(api_keys::name.desc()),
-        SortColumn::Name => query.order(api_keys::name.asc()),
-        SortColumn::Prefix if desc => query.order(api_keys::prefix.desc()),
-        SortColumn::Prefix => query.order(api_keys::prefix.asc()),
-        SortColumn::Status if desc => query.order(api_keys::status.desc()),
-        SortColumn::Status => query.order(api_keys::status.asc()),
-        SortColumn::UsageCount if desc => query.order(api_keys::usage_count.desc()),
-        SortColumn::UsageCount => query.order(api_keys::usage_count.asc()),
-        SortColumn::Owner if desc => query.order(users_t::email.desc()),
-        SortColumn::Owner => query.order(users_t::email.asc()),
+/// Why a streamed listing stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ListError {
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// Writing a row failed (a closed pipe): the listing stops there.
+    #[error("writing the listing: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+/// Hands each key `filter` selects to `each`, in order, one row in memory
+/// at a time (PostgreSQL streams them row by row in one statement), so a
+/// listing of millions of keys costs what one key costs.
+pub fn list_each(
+    conn: &mut DbConnection,
+    filter: &ListFilter,
+    mut each: impl FnMut(ListedKey) -> std::io::Result<()>,
+) -> Result<(), ListError> {
+    let owner_id = match &filter.owner_email {
+        Some(email) => Some(
+            users::find_by_email(conn, email)?
+                .ok_or_else(|| KeyError::UnknownOwner(email.clone()))?
+                .id,
+        ),
+        None => None,
     };
-    let rows: Vec<(ApiKey, String)> = query.then_order_by(api_keys::id.asc()).load(conn)?;
-    Ok(rows
-        .into_iter()
-        .map(|(key, owner_email)| ListedKey { key, owner_email })
-        .collect())
+    let sort = match (&filter.after_prefix, filter.sort) {
+        (Some(_), _) => SortColumn::Prefix,
+        (None, sort) => sort.unwrap_or(SortColumn::CreatedAt),
+    };
+    let desc = filter.descending;
+    crate::streaming_on_backend!(conn, c, Streaming => {
+        let mut query = api_keys::table
+            .inner_join(users_t::table)
+            .select((ApiKey::as_select(), users_t::email))
+            .into_boxed();
+        if let Some(id) = owner_id {
+            query = query.filter(api_keys::owner_id.eq(id));
+        }
+        if let Some(st) = &filter.status {
+            query = query.filter(api_keys::status.eq(st.clone()));
+        }
+        if let Some(after) = &filter.after_prefix {
+            query = if desc {
+                query.filter(api_keys::prefix.lt(after.clone()))
+            } else {
+                query.filter(api_keys::prefix.gt(after.clone()))
+            };
+        }
+        if let Some(n) = filter.limit {
+            query = query.limit(n);
+        }
+        query = match sort {
+            SortColumn::CreatedAt if desc => query.order(api_keys::created_at.desc()),
+            SortColumn::CreatedAt => query.order(api_keys::created_at.asc()),
+            SortColumn::ExpiresAt if desc => query.order(api_keys::expires_at.desc()),
+            SortColumn::ExpiresAt => query.order(api_keys::expires_at.asc()),
+            SortColumn::LastUsedAt if desc => query.order(api_keys::last_used_at.desc()),
+            SortColumn::LastUsedAt => query.order(api_keys::last_used_at.asc()),
+            SortColumn::Name if desc => query.order(api_keys::name.desc()),
+            SortColumn::Name => query.order(api_keys::name.asc()),
+            SortColumn::Prefix if desc => query.order(api_keys::prefix.desc()),
+            SortColumn::Prefix => query.order(api_keys::prefix.asc()),
+            SortColumn::Status if desc => query.order(api_keys::status.desc()),
+            SortColumn::Status => query.order(api_keys::status.asc()),
+            SortColumn::UsageCount if desc => query.order(api_keys::usage_count.desc()),
+            SortColumn::UsageCount => query.order(api_keys::usage_count.asc()),
+            SortColumn::Owner if desc => query.order(users_t::email.desc()),
+            SortColumn::Owner => query.order(users_t::email.asc()),
+        };
+        let rows = query
+            .then_order_by(api_keys::id.asc())
+            .load_iter::<(ApiKey, String), Streaming>(c)
+            .map_err(KeyError::from)?;
+        for row in rows {
+            let (key, owner_email) = row.map_err(KeyError::from)?;
+            each(ListedKey { key, owner_email })?;
+        }
+        Ok(())
+    })
 }
 
 /// What `keys usage` shows, as in the guide: totals, last use, success rate

@@ -39,8 +39,19 @@ use crate::telemetry::message_ids;
 const SETTLE: Duration = Duration::from_millis(10);
 /// How often an unreachable database is tried again after an outage.
 const RECOVERY_EVERY: Duration = Duration::from_secs(5);
-/// How often due digests are looked for.
+/// How soon after this watcher records drift due digests are looked for,
+/// and how often otherwise (events other processes record on this host).
 const DIGEST_EVERY: Duration = Duration::from_secs(10);
+const DIGEST_IDLE: Duration = Duration::from_secs(60);
+/// The longest wait for an event when no runtime can tell the watcher to
+/// stop (it is then polled for).
+const STOP_POLL: Duration = Duration::from_millis(200);
+
+/// What wakes the watcher: inotify, or the daemon stopping it.
+enum Wake {
+    Event(notify::Result<notify::Event>),
+    Stop,
+}
 
 /// The inotify side: watches per directory, and which could not be added.
 struct Watches {
@@ -141,10 +152,23 @@ pub fn run(database: Database, config: Arc<Config>, stop: CancellationToken) {
         return;
     }
     let host = config.host_name();
-    let (tx, rx) = mpsc::channel::<notify::Result<notify::Event>>();
+    let (tx, rx) = mpsc::channel::<Wake>();
+    // The stop token wakes the blocked receive itself, so the loop sleeps
+    // until an event, a stop or its next timed duty, and nothing else.
+    let woken_by_stop = match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            let (tx, stop) = (tx.clone(), stop.clone());
+            runtime.spawn(async move {
+                stop.cancelled().await;
+                let _ = tx.send(Wake::Stop);
+            });
+            true
+        }
+        Err(_) => false,
+    };
     let watcher = match notify::RecommendedWatcher::new(
         move |event| {
-            let _ = tx.send(event);
+            let _ = tx.send(Wake::Event(event));
         },
         notify::Config::default().with_follow_symlinks(false),
     ) {
@@ -179,20 +203,46 @@ pub fn run(database: Database, config: Arc<Config>, stop: CancellationToken) {
     let mut last_fallback = Instant::now();
     let mut last_recovery = Instant::now();
     let fallback_every = session.config.permissions.fallback_rescan.as_duration();
+    // The start scan may have recorded drift: its digest is looked for at once.
+    let mut recorded_since_digest = true;
     while !stop.is_cancelled() {
-        match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(first) => {
+        let blind_now = !session
+            .watches
+            .blind
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty();
+        let digest_every = if recorded_since_digest {
+            DIGEST_EVERY
+        } else {
+            DIGEST_IDLE
+        };
+        let mut next = last_digest + digest_every;
+        if session.dirty {
+            next = next.min(last_recovery + RECOVERY_EVERY);
+        }
+        if blind_now {
+            next = next.min(last_fallback + fallback_every);
+        }
+        let mut wait = next.saturating_duration_since(Instant::now());
+        if !woken_by_stop {
+            wait = wait.min(STOP_POLL);
+        }
+        match rx.recv_timeout(wait) {
+            Ok(Wake::Event(first)) => {
                 let mut batch = vec![first];
                 let until = Instant::now() + SETTLE;
                 while batch.len() < 50_000 {
                     let left = until.saturating_duration_since(Instant::now());
                     match rx.recv_timeout(left) {
-                        Ok(e) => batch.push(e),
-                        Err(_) => break,
+                        Ok(Wake::Event(e)) => batch.push(e),
+                        Ok(Wake::Stop) | Err(_) => break,
                     }
                 }
                 session.handle(batch);
+                recorded_since_digest = true;
             }
+            Ok(Wake::Stop) => break,
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
@@ -217,8 +267,9 @@ pub fn run(database: Database, config: Arc<Config>, stop: CancellationToken) {
             last_fallback = Instant::now();
             session.partial_scan(&blind, "fallback rescan of unwatched directories");
         }
-        if last_digest.elapsed() >= DIGEST_EVERY {
+        if last_digest.elapsed() >= digest_every {
             last_digest = Instant::now();
+            recorded_since_digest = false;
             session.digest();
         }
     }
