@@ -12,7 +12,9 @@
 //!
 //! Run: `cargo bench --bench perms` (needs `aide`: apt-get install aide;
 //! PostgreSQL from KEYWARDEN_TEST_DATABASE_URL or the local default;
-//! KEYWARDEN_BENCH_ROUNDS, default 5).
+//! KEYWARDEN_BENCH_ROUNDS, default 5; KEYWARDEN_BENCH_SCAN_TREE=/usr adds a
+//! full scan of a real tree; KEYWARDEN_BENCH_BASELINE=BIN times an earlier
+//! build's scan beside this one). Full scans report wall and CPU time.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test may fail loudly
 
@@ -95,31 +97,102 @@ mode = "0600"
 
 /// Runs a command `rounds` times after a warm-up; returns the median wall
 /// time and the largest peak RSS (KiB).
-fn time_command(args: &[&str], rounds: usize) -> (Duration, u64) {
+/// Median wall time, median CPU time (user + system) and peak RSS (KiB)
+/// of a whole process over the rounds, after one warm-up.
+fn time_command(args: &[&str], rounds: usize) -> (Duration, Duration, u64) {
     let mut times = Vec::new();
+    let mut cpus = Vec::new();
     let mut peak = 0;
     for i in 0..=rounds {
         let start = Instant::now();
         let out = Command::new("/usr/bin/time")
-            .args(["-f", "%M"])
+            .args(["-f", "%U %S %M"])
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .output()
             .expect("run");
         let took = start.elapsed();
-        let rss: u64 = String::from_utf8_lossy(&out.stderr)
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let fields: Vec<f64> = stderr
             .lines()
             .last()
-            .and_then(|l| l.trim().parse().ok())
-            .unwrap_or(0);
-        if i > 0 {
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        if i > 0 && fields.len() == 3 {
             times.push(took);
-            peak = peak.max(rss);
+            cpus.push(Duration::from_secs_f64(fields[0] + fields[1]));
+            peak = peak.max(fields[2] as u64);
         }
     }
     times.sort();
-    (times[times.len() / 2], peak)
+    cpus.sort();
+    (times[times.len() / 2], cpus[cpus.len() / 2], peak)
+}
+
+/// `keywarden perms scan` beside `find -printf` (and AIDE when installed)
+/// on `root`: wall and CPU time, peak memory.
+fn compare_scans(dir: &Path, root: &Path, rounds: usize, what: &str) {
+    let config = dir.join(format!("scan-{}.toml", what.len()));
+    std::fs::write(
+        &config,
+        format!(
+            "[database]\nurl = \"sqlite://{}/scan.db\"\n{}",
+            dir.display(),
+            policy(root)
+        ),
+    )
+    .expect("config");
+    let aide_conf = dir.join("aide.conf");
+    std::fs::write(
+        &aide_conf,
+        format!(
+            "database_out=file:{}/aide.db.new\ngzip_dbout=no\nreport_url=stdout\nPUG = p+u+g\n{} PUG\n",
+            dir.display(),
+            root.display()
+        ),
+    )
+    .expect("aide config");
+    let root_s = root.display().to_string();
+    let config_s = config.display().to_string();
+    let aide_s = format!("--config={}", aide_conf.display());
+    let kw = time_command(&[BIN, "--config", &config_s, "perms", "scan"], rounds);
+    // An earlier build beside this one, when named.
+    let baseline = std::env::var("KEYWARDEN_BENCH_BASELINE")
+        .ok()
+        .map(|bin| time_command(&[&bin, "--config", &config_s, "perms", "scan"], rounds));
+    let find = time_command(&["find", &root_s, "-printf", "%m %U %G %p\\n"], rounds);
+    let aide = Path::new("/usr/bin/aide")
+        .exists()
+        .then(|| time_command(&["/usr/bin/aide", &aide_s, "--init"], rounds));
+    println!("full scan of {what}, median of {rounds} (warm cache, whole process):");
+    let row = |name: &str, (wall, cpu, rss): (Duration, Duration, u64)| {
+        println!(
+            "  {name:<22} wall {:>8.1} ms  cpu {:>8.1} ms  peak RSS {:>6} KiB",
+            wall.as_secs_f64() * 1e3,
+            cpu.as_secs_f64() * 1e3,
+            rss
+        );
+    };
+    row("keywarden perms scan", kw);
+    if let Some(b) = baseline {
+        row("baseline perms scan", b);
+    }
+    row("find -printf", find);
+    if let Some(a) = aide {
+        row("aide --init (p+u+g)", a);
+        println!(
+            "  aide / keywarden wall = {:.1}",
+            a.0.as_secs_f64() / kw.0.as_secs_f64()
+        );
+    }
+    println!(
+        "  keywarden / find: wall {:.2}, cpu {:.2}",
+        kw.0.as_secs_f64() / find.0.as_secs_f64(),
+        kw.1.as_secs_f64() / find.1.as_secs_f64()
+    );
 }
 
 fn rss_kib(pid: u32, field: &str) -> u64 {
@@ -249,62 +322,10 @@ fn main() {
     );
 
     // 1. Full scans.
-    let config = dir.path().join("scan.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[database]\nurl = \"sqlite://{}/scan.db\"\n{}",
-            dir.path().display(),
-            policy(&root)
-        ),
-    )
-    .expect("config");
-    let aide_conf = dir.path().join("aide.conf");
-    std::fs::write(
-        &aide_conf,
-        format!(
-            "database_out=file:{}/aide.db.new\ngzip_dbout=no\nreport_url=stdout\nPUG = p+u+g\n{} PUG\n",
-            dir.path().display(),
-            root.display()
-        ),
-    )
-    .expect("aide config");
-    let root_s = root.display().to_string();
-    let config_s = config.display().to_string();
-    let aide_s = format!("--config={}", aide_conf.display());
-    let (kw, kw_rss) = time_command(&[BIN, "--config", &config_s, "perms", "scan"], rounds);
-    let (find, find_rss) = time_command(&["find", &root_s, "-printf", "%m %U %G %p\\n"], rounds);
-    let aide = Path::new("/usr/bin/aide")
-        .exists()
-        .then(|| time_command(&["/usr/bin/aide", &aide_s, "--init"], rounds));
-    println!("full scan, median of {rounds} (warm cache, whole process):");
-    println!(
-        "  keywarden perms scan   {:>8.1} ms  peak RSS {:>6} KiB",
-        kw.as_secs_f64() * 1e3,
-        kw_rss
-    );
-    println!(
-        "  find -printf           {:>8.1} ms  peak RSS {:>6} KiB",
-        find.as_secs_f64() * 1e3,
-        find_rss
-    );
-    match aide {
-        Some((t, rss)) => {
-            println!(
-                "  aide --init (p+u+g)    {:>8.1} ms  peak RSS {:>6} KiB",
-                t.as_secs_f64() * 1e3,
-                rss
-            );
-            println!(
-                "  keywarden / find = {:.2}; aide / keywarden = {:.1}",
-                kw.as_secs_f64() / find.as_secs_f64(),
-                t.as_secs_f64() / kw.as_secs_f64()
-            );
-        }
-        None => println!(
-            "  aide not installed (apt-get install aide); keywarden / find = {:.2}",
-            kw.as_secs_f64() / find.as_secs_f64()
-        ),
+    compare_scans(dir.path(), &root, rounds, "the generated tree");
+    // A real tree too, when named (the was a 265k-entry one).
+    if let Ok(real) = std::env::var("KEYWARDEN_BENCH_SCAN_TREE") {
+        compare_scans(dir.path(), Path::new(&real), rounds, &real);
     }
 
     // 2 and 3. Watching.

@@ -254,12 +254,7 @@ pub fn run(path: &Path, cmd: KeysCommand) -> ExitCode {
                 limit,
                 after_prefix: after,
             };
-            let format = match (json, json_lines) {
-                (true, _) => ListFormat::JsonArray,
-                (_, true) => ListFormat::JsonLines,
-                _ => ListFormat::Table,
-            };
-            print_list(&mut conn, &filter, format)
+            print_list(&mut conn, &filter, ListFormat::of(json, json_lines))
         }
         KeysCommand::Show { prefix, json } => report(KeyService::find(&mut conn, &prefix), json, show),
         KeysCommand::Rotate { prefix, .. } => match service.rotate(&mut conn, &prefix, grace, &actor("keys rotate")) {
@@ -301,6 +296,16 @@ enum ListFormat {
     Table,
     JsonArray,
     JsonLines,
+}
+
+impl ListFormat {
+    fn of(json: bool, json_lines: bool) -> Self {
+        match (json, json_lines) {
+            (true, _) => ListFormat::JsonArray,
+            (_, true) => ListFormat::JsonLines,
+            _ => ListFormat::Table,
+        }
+    }
 }
 
 /// `keys list`: each key written as it arrives from the database, through

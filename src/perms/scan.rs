@@ -1,13 +1,16 @@
 //! The full scan: every path under the roots, metadata only, checked
 //! against the policy. Directories are worked off a shared queue by a few
-//! threads; each is opened beneath its root without following symlinks and
-//! its entries are `fstatat`ed relative to it.
+//! threads; each is opened relative to its parent's descriptor (a start
+//! directory beneath its root) without following symlinks, and its entries
+//! are `fstatat`ed relative to it. An entry's path is built in one buffer
+//! per thread (push the name, check, pop): nothing is allocated per entry
+//! but what a violation keeps.
 
 use std::ffi::OsStr;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use super::policy::{Policy, Verdict};
 use crate::sys::inode::{Inode, InodeKind};
@@ -49,8 +52,18 @@ impl ScanReport {
     }
 }
 
+/// A directory waiting to be read.
+struct Pending {
+    /// Its root, by index.
+    root: usize,
+    /// Its parent's open handle and its name there; none for a start
+    /// directory, opened beneath its root.
+    parent: Option<(Arc<OwnedFd>, Vec<u8>)>,
+    path: PathBuf,
+}
+
 struct Queue {
-    pending: Vec<(usize, PathBuf)>,
+    pending: Vec<Pending>,
     busy: usize,
 }
 
@@ -104,8 +117,11 @@ pub fn scan(policy: &Policy, starts: &[PathBuf], threads: usize, on_dir: &(dyn F
                     });
                 }
                 if found.kind() == InodeKind::Directory {
-                    let rel = start.strip_prefix(root).unwrap_or(Path::new("")).to_path_buf();
-                    queue.push((ri, rel));
+                    queue.push(Pending {
+                        root: ri,
+                        parent: None,
+                        path: start.clone(),
+                    });
                 } else {
                     report.files += 1;
                 }
@@ -148,7 +164,7 @@ fn worker(
     let mut scratch = Vec::new();
     let mut children = Vec::new();
     loop {
-        let (ri, rel) = {
+        let item = {
             let mut q = lock.lock().unwrap_or_else(|p| p.into_inner());
             loop {
                 if let Some(item) = q.pending.pop() {
@@ -162,49 +178,36 @@ fn worker(
                 q = wake.wait(q).unwrap_or_else(|p| p.into_inner());
             }
         };
-        let (root, root_fd) = &roots[ri];
-        let dir_path = if rel.as_os_str().is_empty() {
-            root.clone()
-        } else {
-            root.join(&rel)
-        };
         report.directories += 1;
-        on_dir(&dir_path);
-        let opened = safe_fs::open_beneath(root_fd, &rel, libc::O_RDONLY | libc::O_DIRECTORY);
-        let read = opened.and_then(|fd| {
-            safe_fs::read_dir(fd, |entry| {
-                let name = OsStr::from_bytes(&entry.name);
-                let path = dir_path.join(name);
-                if policy.is_skipped(&path) {
-                    return;
-                }
-                match entry.inode {
-                    Ok(found) => {
-                        if let Some(verdict) = policy.evaluate(&path, &found, &mut scratch) {
-                            report.violations.push(Violation {
-                                path: path.clone(),
-                                found,
-                                verdict,
-                            });
-                        }
-                        if found.kind() == InodeKind::Directory {
-                            children.push((ri, rel.join(name)));
-                        } else {
-                            report.files += 1;
-                        }
-                    }
-                    // Gone between readdir and stat: nothing to check.
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => report.errors.push((path, e.to_string())),
-                }
+        on_dir(&item.path);
+        let read = open_pending(roots, &item).and_then(|fd| {
+            let fd = Arc::new(fd);
+            // One buffer for every entry's path: push the name, pop it after.
+            let mut path = item.path.clone();
+            safe_fs::read_dir(&fd, |name, inode| {
+                path.push(OsStr::from_bytes(name));
+                check_entry(
+                    policy,
+                    &path,
+                    inode,
+                    &mut scratch,
+                    &mut report,
+                    || Pending {
+                        root: item.root,
+                        parent: Some((fd.clone(), name.to_vec())),
+                        path: path.clone(),
+                    },
+                    &mut children,
+                );
+                path.pop();
             })
         });
         if let Err(e) = read {
             // ELOOP: the directory was swapped for a symlink after its
             // parent was read. It is not followed; its entry was checked.
             if e.raw_os_error() != Some(libc::ELOOP) && e.kind() != std::io::ErrorKind::NotFound {
-                report.errors.push((dir_path.clone(), e.to_string()));
-                report.unreadable.push(dir_path);
+                report.errors.push((item.path.clone(), e.to_string()));
+                report.unreadable.push(item.path);
             }
         }
         let mut q = lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -213,5 +216,57 @@ fn worker(
         if !q.pending.is_empty() || q.busy == 0 {
             wake.notify_all();
         }
+    }
+}
+
+/// Opens a directory to read: relative to its parent's handle, or beneath
+/// its root for a start (and when the process is out of descriptors, say).
+fn open_pending(roots: &[(PathBuf, OwnedFd)], item: &Pending) -> std::io::Result<OwnedFd> {
+    let (root, root_fd) = &roots[item.root];
+    let beneath = || {
+        let rel = item.path.strip_prefix(root).unwrap_or(Path::new(""));
+        safe_fs::open_beneath(root_fd, rel, libc::O_RDONLY | libc::O_DIRECTORY)
+    };
+    match &item.parent {
+        Some((parent, name)) => match safe_fs::open_child(parent, name) {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) => beneath(),
+            other => other,
+        },
+        None => beneath(),
+    }
+}
+
+/// Checks one entry against the policy; a directory is queued (built by
+/// `child` only then).
+fn check_entry(
+    policy: &Policy,
+    path: &Path,
+    inode: std::io::Result<Inode>,
+    scratch: &mut Vec<usize>,
+    report: &mut ScanReport,
+    child: impl FnOnce() -> Pending,
+    children: &mut Vec<Pending>,
+) {
+    if policy.is_skipped(path) {
+        return;
+    }
+    match inode {
+        Ok(found) => {
+            if let Some(verdict) = policy.evaluate(path, &found, scratch) {
+                report.violations.push(Violation {
+                    path: path.to_path_buf(),
+                    found,
+                    verdict,
+                });
+            }
+            if found.kind() == InodeKind::Directory {
+                children.push(child());
+            } else {
+                report.files += 1;
+            }
+        }
+        // Gone between readdir and stat: nothing to check.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => report.errors.push((path.to_path_buf(), e.to_string())),
     }
 }

@@ -199,32 +199,16 @@ pub fn run(database: Database, config: Arc<Config>, stop: CancellationToken) {
         session.policy.roots().len()
     );
     session.full_rescan("start");
-    let mut last_digest = Instant::now() - DIGEST_EVERY;
-    let mut last_fallback = Instant::now();
-    let mut last_recovery = Instant::now();
-    let fallback_every = session.config.permissions.fallback_rescan.as_duration();
-    // The start scan may have recorded drift: its digest is looked for at once.
-    let mut recorded_since_digest = true;
+    let mut duties = Duties {
+        last_digest: Instant::now() - DIGEST_EVERY,
+        last_fallback: Instant::now(),
+        last_recovery: Instant::now(),
+        fallback_every: session.config.permissions.fallback_rescan.as_duration(),
+        // The start scan may have recorded drift: its digest is looked for at once.
+        recorded_since_digest: true,
+    };
     while !stop.is_cancelled() {
-        let blind_now = !session
-            .watches
-            .blind
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_empty();
-        let digest_every = if recorded_since_digest {
-            DIGEST_EVERY
-        } else {
-            DIGEST_IDLE
-        };
-        let mut next = last_digest + digest_every;
-        if session.dirty {
-            next = next.min(last_recovery + RECOVERY_EVERY);
-        }
-        if blind_now {
-            next = next.min(last_fallback + fallback_every);
-        }
-        let mut wait = next.saturating_duration_since(Instant::now());
+        let mut wait = duties.next_wait(&session);
         if !woken_by_stop {
             wait = wait.min(STOP_POLL);
         }
@@ -240,17 +224,59 @@ pub fn run(database: Database, config: Arc<Config>, stop: CancellationToken) {
                     }
                 }
                 session.handle(batch);
-                recorded_since_digest = true;
+                duties.recorded_since_digest = true;
             }
             Ok(Wake::Stop) => break,
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
-        if session.dirty && last_recovery.elapsed() >= RECOVERY_EVERY {
+        duties.run_due(&mut session);
+    }
+    info!("watch-perms: stopped");
+}
+
+/// The watcher's timed work between events, and when each is next due.
+struct Duties {
+    last_digest: Instant,
+    last_fallback: Instant,
+    last_recovery: Instant,
+    fallback_every: Duration,
+    recorded_since_digest: bool,
+}
+
+impl Duties {
+    fn digest_every(&self) -> Duration {
+        if self.recorded_since_digest {
+            DIGEST_EVERY
+        } else {
+            DIGEST_IDLE
+        }
+    }
+
+    /// How long the watcher may sleep before one of its duties is due.
+    fn next_wait(&self, session: &Session) -> Duration {
+        let mut next = self.last_digest + self.digest_every();
+        if session.dirty {
+            next = next.min(self.last_recovery + RECOVERY_EVERY);
+        }
+        if !session
+            .watches
+            .blind
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+        {
+            next = next.min(self.last_fallback + self.fallback_every);
+        }
+        next.saturating_duration_since(Instant::now())
+    }
+
+    fn run_due(&mut self, session: &mut Session) {
+        if session.dirty && self.last_recovery.elapsed() >= RECOVERY_EVERY {
             // A database outage left events unrecorded: once the database
             // answers again, reconcile from scratch (not a rescan per loop
             // turn while it is down).
-            last_recovery = Instant::now();
+            self.last_recovery = Instant::now();
             if session.conn().is_some() {
                 session.full_rescan("recovery");
             }
@@ -263,17 +289,16 @@ pub fn run(database: Database, config: Arc<Config>, stop: CancellationToken) {
             .iter()
             .cloned()
             .collect();
-        if !blind.is_empty() && last_fallback.elapsed() >= fallback_every {
-            last_fallback = Instant::now();
+        if !blind.is_empty() && self.last_fallback.elapsed() >= self.fallback_every {
+            self.last_fallback = Instant::now();
             session.partial_scan(&blind, "fallback rescan of unwatched directories");
         }
-        if last_digest.elapsed() >= digest_every {
-            last_digest = Instant::now();
-            recorded_since_digest = false;
+        if self.last_digest.elapsed() >= self.digest_every() {
+            self.last_digest = Instant::now();
+            self.recorded_since_digest = false;
             session.digest();
         }
     }
-    info!("watch-perms: stopped");
 }
 
 struct Session {

@@ -6,7 +6,9 @@
 //!   symlink planted in any component makes the open fail instead of leading
 //!   elsewhere.
 //! - Entries are read with `readdir` and `fstatat(AT_SYMLINK_NOFOLLOW)`
-//!   relative to the directory's descriptor: one path lookup step each.
+//!   relative to the directory's descriptor: one path lookup step each; a
+//!   subdirectory is opened relative to its parent's descriptor
+//!   ([`open_child`], `O_NOFOLLOW`, one component).
 //! - Remediation acts on an `O_PATH | O_NOFOLLOW` handle: `fchmodat2` with
 //!   `AT_EMPTY_PATH` (Linux 6.6+; `/proc/self/fd/N` before that) and
 //!   `fchownat` with `AT_EMPTY_PATH`. This is how systemd-tmpfiles fixed
@@ -147,21 +149,47 @@ pub fn chown_handle(fd: &OwnedFd, uid: Option<u32>, gid: Option<u32>) -> io::Res
 }
 
 /// One entry of a directory, with its `lstat`.
-pub struct Entry {
-    pub name: Vec<u8>,
-    pub inode: io::Result<Inode>,
+/// Opens the directory `name` (one component, as `readdir` gave it) in the
+/// open directory `parent`, without following a symlink: a directory
+/// swapped for a symlink since it was read fails with `ELOOP`. Walking down
+/// from the root one handle at a time stays beneath the root (no `..`, no
+/// symlink) and costs one lookup step per directory, not a walk of its
+/// whole path.
+pub fn open_child(parent: &OwnedFd, name: &[u8]) -> io::Result<OwnedFd> {
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a single path component",
+        ));
+    }
+    let c = cstring(name)?;
+    // SAFETY: `parent` is an open directory; `c` is NUL-terminated.
+    let fd = check(unsafe {
+        libc::openat(
+            parent.as_raw_fd(),
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    })?;
+    // SAFETY: the kernel returned a new descriptor that nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Reads a directory opened (for reading) with [`open_beneath`], returning
-/// each entry with its metadata, symlinks not followed.
-pub fn read_dir(dir: OwnedFd, mut each: impl FnMut(Entry)) -> io::Result<()> {
-    let raw = dir.as_raw_fd();
+/// Reads the directory `dir` (opened for reading), handing `each` every
+/// entry's name and metadata, symlinks not followed. The name is borrowed
+/// from the stream: nothing is allocated per entry. `dir` stays open (a
+/// duplicate is read), so entries can be opened relative to it afterwards.
+pub fn read_dir(dir: &OwnedFd, mut each: impl FnMut(&[u8], io::Result<Inode>)) -> io::Result<()> {
+    // SAFETY: dup of a descriptor we hold; the copy is owned by the stream.
+    let raw = check(unsafe { libc::fcntl(dir.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) })?;
     // SAFETY: fdopendir takes ownership of the descriptor on success.
     let dirp = unsafe { libc::fdopendir(raw) };
     if dirp.is_null() {
-        return Err(io::Error::last_os_error());
+        let err = io::Error::last_os_error();
+        // SAFETY: fdopendir failed, so the duplicate is still ours to close.
+        unsafe { libc::close(raw) };
+        return Err(err);
     }
-    std::mem::forget(dir);
     struct Closer(*mut libc::DIR);
     impl Drop for Closer {
         fn drop(&mut self) {
@@ -196,9 +224,6 @@ pub fn read_dir(dir: OwnedFd, mut each: impl FnMut(Entry)) -> io::Result<()> {
         } else {
             Err(io::Error::last_os_error())
         };
-        each(Entry {
-            name: bytes.to_vec(),
-            inode,
-        });
+        each(bytes, inode);
     }
 }
