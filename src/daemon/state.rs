@@ -38,6 +38,9 @@ struct LastRun {
     summary: String,
 }
 
+/// The longest a job's task sleeps before it looks at the wall clock again.
+const TICK_RECHECK: std::time::Duration = std::time::Duration::from_secs(300);
+
 pub struct DaemonState {
     pub config_path: PathBuf,
     config: RwLock<Arc<Config>>,
@@ -182,7 +185,10 @@ impl DaemonState {
             loop {
                 let now = Utc::now();
                 let Some(next) = schedule.next_after(now) else { return };
-                let wait = (next - now).to_std().unwrap_or_default();
+                // Sleeping is measured on the monotonic clock: after a wall
+                // clock step or a suspend the tick is found again within
+                // TICK_RECHECK, at a cost of a wake-up every few minutes.
+                let wait = (next - now).to_std().unwrap_or_default().min(TICK_RECHECK);
                 tokio::select! {
                     _ = token.cancelled() => return,
                     _ = tokio::time::sleep(wait) => {}
