@@ -109,15 +109,9 @@ pub fn init(target: LogTarget, level: LogLevel) -> Telemetry {
             .with_target(false)
             .with_ansi(false)
     });
-    // The scheduler crate narrates its own bookkeeping at INFO; only its
-    // warnings concern an admin.
-    let quiet_dependencies = tracing_subscriber::filter::Targets::new()
-        .with_default(tracing::Level::TRACE)
-        .with_target("tokio_cron_scheduler", tracing::Level::WARN);
     // Err means a subscriber is already installed (tests in one process).
     let _ = tracing_subscriber::registry()
         .with(filter)
-        .with(quiet_dependencies)
         .with(journald)
         .with(fmt)
         .try_init();
