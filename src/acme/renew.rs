@@ -515,7 +515,7 @@ impl Session<'_> {
             }
         };
         store::record_success(self.conn, row.id, &info, None, now)?;
-        if let Some(outcome) = self.stale(m, &info, now)? {
+        if let Some(outcome) = self.stale(m, row.id, &info, now)? {
             return Ok(report(outcome, Some(info.serial), Some(info.not_after)));
         }
         let left = info.not_after - now;
@@ -554,7 +554,13 @@ impl Session<'_> {
     /// Whether the endpoint serves a certificate keywarden has replaced,
     /// longer than `stale_after` after the install: recorded, logged and
     /// alerted once per served serial.
-    fn stale(&mut self, m: &MonitorConfig, info: &CertInfo, now: NaiveDateTime) -> Result<Option<Outcome>, AcmeError> {
+    fn stale(
+        &mut self,
+        m: &MonitorConfig,
+        row_id: i64,
+        info: &CertInfo,
+        now: NaiveDateTime,
+    ) -> Result<Option<Outcome>, AcmeError> {
         let Some(newer) = store::replaced_by(self.conn, &info.serial)? else {
             return Ok(None);
         };
@@ -568,8 +574,7 @@ impl Session<'_> {
             "serving a stale certificate: serial {} was replaced by {current} ({}) at {installed_at} UTC",
             info.serial, newer.name
         );
-        let row = store::ensure(self.conn, &m.name, kind::MONITORED, &monitor::source(m), now)?;
-        store::record_error(self.conn, row.id, &error, now)?;
+        store::record_error(self.conn, row_id, &error, now)?;
         warn!(
             cert = %m.name, serial = %info.serial, expected = %current,
             message_id = crate::telemetry::message_ids::CERT_STALE,

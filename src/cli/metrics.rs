@@ -13,11 +13,7 @@ pub fn run(path: &Path, openmetrics: bool) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let database = match open_database(&config) {
-        Ok(d) => d,
-        Err(code) => return code,
-    };
-    let mut conn = match connect_current(&database) {
+    let mut conn = match open_database(&config).and_then(|db| connect_current(&db)) {
         Ok(c) => c,
         Err(code) => return code,
     };

@@ -10,7 +10,7 @@ use chrono::NaiveDateTime;
 
 use super::counters::JobCounters;
 use super::snapshot::Snapshot;
-use crate::acme::store::kind;
+use crate::acme::store::{kind, CertRow};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -130,7 +130,7 @@ pub fn render(snap: &Snapshot, counters: &JobCounters, format: Format) -> String
 
 fn certificates(w: &mut Writer, snap: &Snapshot) {
     let certs = &snap.certificates;
-    let id = |c: &crate::acme::store::CertRow| vec![("name", c.name.clone()), ("kind", c.kind.clone())];
+    let id = |c: &CertRow| vec![("name", c.name.clone()), ("kind", c.kind.clone())];
     w.gauges(
         "keywarden_certificate_not_after_timestamp_seconds",
         "The end of validity of the certificate in place (issued) or served (monitored).",
@@ -143,7 +143,7 @@ fn certificates(w: &mut Writer, snap: &Snapshot) {
         certs,
         |c| c.not_before.map(|t| (id(c), seconds(t))),
     );
-    let issued: Vec<_> = certs.iter().filter(|c| c.kind == kind::ISSUED).cloned().collect();
+    let issued: Vec<&CertRow> = certs.iter().filter(|c| c.kind == kind::ISSUED).collect();
     w.gauges(
         "keywarden_certificate_renewal_ok",
         "1 when the last renewal attempt of an issued certificate succeeded (or none has failed since), 0 while failing.",
@@ -183,7 +183,7 @@ fn certificates(w: &mut Writer, snap: &Snapshot) {
             ))
         },
     );
-    let monitored: Vec<_> = certs.iter().filter(|c| c.kind == kind::MONITORED).cloned().collect();
+    let monitored: Vec<&CertRow> = certs.iter().filter(|c| c.kind == kind::MONITORED).collect();
     w.gauges(
         "keywarden_certificate_monitor_error",
         "1 when a monitored certificate could not be read or is stale at its last check.",
