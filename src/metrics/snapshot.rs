@@ -156,12 +156,24 @@ fn job_figures(conn: &mut DbConnection, job: &'static str) -> QueryResult<JobFig
         .filter(job_runs::outcome.eq("ok"))
         .select(max(job_runs::finished_at))
         .first(conn)?;
+    // The outcome and rows are the last *finished* run's: a run in progress
+    // has neither yet, and the gauges should not vanish while it works.
+    let finished: Option<(String, i64)> = match &last {
+        Some(r) if r.finished_at.is_some() => Some((r.outcome.clone(), r.rows_affected)),
+        _ => job_runs::table
+            .filter(job_runs::job.eq(job))
+            .filter(job_runs::finished_at.is_not_null())
+            .order((job_runs::started_at.desc(), job_runs::id.desc()))
+            .select((job_runs::outcome, job_runs::rows_affected))
+            .first(conn)
+            .optional()?,
+    };
     Ok(JobFigures {
         job,
         last_start: last.as_ref().map(|r| r.started_at),
         last_end: last.as_ref().and_then(|r| r.finished_at),
-        last_outcome: last.as_ref().map(|r| r.outcome.clone()),
-        last_rows: last.as_ref().map(|r| r.rows_affected),
+        last_outcome: finished.as_ref().map(|(o, _)| o.clone()),
+        last_rows: finished.map(|(_, n)| n),
         last_success,
     })
 }
