@@ -20,7 +20,7 @@ mod support;
 
 use std::collections::{HashMap, HashSet};
 use std::net::ToSocketAddrs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use chrono::TimeDelta;
@@ -37,6 +37,7 @@ const SECOND: Duration = Duration::from_secs(1);
 
 both_backends!(
     sigkill_during_delivery_doubles_at_most_the_messages_in_flight,
+    sigkill_during_file_delivery_doubles_at_most_two_batches,
     sigkill_during_expiry_never_expires_a_key_twice,
 );
 
@@ -354,6 +355,101 @@ fn sigkill_during_delivery_doubles_at_most_the_messages_in_flight(backend: Backe
         figures.push(duplicates);
     }
     eprintln!("{backend:?}: duplicates per kill during delivery: {figures:?}");
+}
+
+/// The file transport's messages by recipient (`To:`) and their Message-IDs.
+fn eml_files(dir: &Path) -> (HashMap<String, usize>, HashSet<String>) {
+    let mut per = HashMap::new();
+    let mut ids = HashSet::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.extension().is_none_or(|x| x != "eml") {
+            continue;
+        }
+        let raw = std::fs::read(&path).expect("read eml");
+        let Some(m) = mail_parser::MessageParser::default().parse(&raw) else {
+            panic!("{} is not a whole message", path.display());
+        };
+        if let Some(to) = m.to().and_then(|a| a.first()).and_then(|a| a.address()) {
+            *per.entry(to.to_string()).or_insert(0) += 1;
+        }
+        if let Some(id) = m.message_id() {
+            ids.insert(bare_message_id(id));
+        }
+    }
+    (per, ids)
+}
+
+/// A kill -9 of a one-shot `jobs run notify-expiry` with the file
+/// transport, at a random point of its delivery: the next run sends the
+/// rest, and no recipient gets more than one message but for at most the
+/// two batches the file writer may hold written and unrecorded.
+fn sigkill_during_file_delivery_doubles_at_most_two_batches(backend: Backend) {
+    const OWNERS: usize = 1500;
+    const IN_FLIGHT: usize = 2 * keywarden::notify::transport::FILE_BATCH;
+    let db = TestDb::new(backend);
+    let mut conn = db.conn();
+    let outbox = db.path().join("outbox");
+    let cfg = write_config(
+        &db,
+        "k.toml",
+        "",
+        &db.url,
+        &format!(
+            "[notifications]\ntransport = \"file\"\nfile_dir = \"{}\"\n",
+            outbox.display()
+        ),
+    );
+    let owners = add_owners_with_keys(&mut conn, "file", OWNERS);
+    let mut child = std::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&cfg)
+        .args(["jobs", "run", "notify-expiry"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("keywarden");
+    eventually(60 * SECOND, "delivery starts", || !eml_files(&outbox).0.is_empty());
+    std::thread::sleep(Duration::from_millis(random_below(300)));
+    let _ = child.kill();
+    let _ = child.wait();
+    let at_kill: usize = eml_files(&outbox).0.len();
+
+    let out = std::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&cfg)
+        .args(["jobs", "run", "notify-expiry"])
+        .output()
+        .expect("keywarden");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (per, ids) = eml_files(&outbox);
+    let duplicates: usize = per.values().map(|n| n - 1).sum();
+    eprintln!("{backend:?}: killed after {at_kill} of {OWNERS} written; {duplicates} duplicate(s)");
+    assert_eq!(per.len(), OWNERS, "every owner is mailed");
+    assert!(
+        duplicates <= IN_FLIGHT,
+        "a kill doubles at most the {IN_FLIGHT} messages in flight, got {duplicates}"
+    );
+    let rows: Vec<(String, Option<String>)> = notifications::table
+        .filter(notifications::recipient.eq_any(&owners))
+        .filter(notifications::status.ne("skipped"))
+        .select((notifications::status, notifications::message_id))
+        .load(&mut conn)
+        .expect("outbox");
+    assert_eq!(rows.len(), OWNERS);
+    for (status, id) in rows {
+        assert_eq!(status, "sent");
+        let id = bare_message_id(id.as_deref().unwrap_or_default());
+        assert!(ids.contains(&id), "a row is marked sent as {id}, which no file holds");
+    }
+    let stray: Vec<_> = std::fs::read_dir(&outbox)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    // A kill can leave the temporary files of the batch being written; they
+    // are hidden and never counted as mail.
+    assert!(stray.len() <= IN_FLIGHT, "{} temporary files", stray.len());
 }
 
 fn sigkill_during_expiry_never_expires_a_key_twice(backend: Backend) {

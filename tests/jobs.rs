@@ -9,13 +9,15 @@ use std::path::Path;
 
 use chrono::TimeDelta;
 use diesel::prelude::*;
-use keywarden::db::schema::{api_key_events, job_leases, job_runs};
+use keywarden::db::schema::{api_key_events, api_keys, job_leases, job_runs};
+use keywarden::db::DbConnection;
 use keywarden::jobs::{self, JobContext, JobError, JobReport, JobSpec, RunOutcome, Trigger};
 use support::*;
 use tokio_util::sync::CancellationToken;
 
 both_backends!(
     expire_keys_expires_due_keys_once_with_audit_rows,
+    expire_keys_at_scale_expires_every_due_key_once,
     jobs_run_skips_while_another_process_holds_the_lock,
     a_panicking_job_is_recorded_as_failed,
     a_crashed_run_is_closed_as_interrupted_by_the_next,
@@ -23,6 +25,87 @@ both_backends!(
     migrate_is_idempotent_and_status_reports,
     certs_renew_skips_while_a_renewal_holds_the_lock,
 );
+
+/// Enough keys, and enough of them due, that PostgreSQL's run walks the
+/// table in physical order (over 1,024 pages, a due key every few pages):
+/// every due active key expires once with one event, nothing else changes.
+fn expire_keys_at_scale_expires_every_due_key_once(backend: Backend) {
+    const KEYS: i64 = 60_000;
+    let db = TestDb::new(backend);
+    let mut conn = db.conn();
+    let owner = add_user(&mut conn, "owner@example.com");
+    // Every third key is past expiry; every 21st of all is past expiry but revoked.
+    let seed = diesel::sql_query(
+        "WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < $1) \
+         INSERT INTO api_keys (prefix, key_hash, name, status, owner_id, scopes, allowed_ips, \
+             expires_at, revoked_at, created_at, updated_at) \
+         SELECT 'sk_live_v2_' || n, '$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA', \
+             'scale key ' || n, CASE WHEN n % 21 = 0 THEN 'revoked' ELSE 'active' END, $2, '[]', '[]', \
+             CASE WHEN n % 3 = 0 THEN $3 ELSE $4 END, CASE WHEN n % 21 = 0 THEN $3 END, $5, $5 FROM g",
+    )
+    .bind::<diesel::sql_types::BigInt, _>(KEYS)
+    .bind::<diesel::sql_types::BigInt, _>(owner)
+    .bind::<diesel::sql_types::Timestamp, _>(ts(-TimeDelta::hours(1)))
+    .bind::<diesel::sql_types::Timestamp, _>(ts(TimeDelta::days(30)))
+    .bind::<diesel::sql_types::Timestamp, _>(ts(-TimeDelta::days(60)));
+    let seeded = keywarden::on_backend!(&mut conn, c => seed.execute(c)).unwrap();
+    assert_eq!(seeded as i64, KEYS);
+    if backend == Backend::Postgres {
+        let DbConnection::Postgres(pg) = &mut conn else {
+            unreachable!()
+        };
+        diesel::connection::SimpleConnection::batch_execute(pg, "ANALYZE api_keys").unwrap();
+    }
+    let due = (1..=KEYS).filter(|n| n % 3 == 0 && n % 21 != 0).count() as i64;
+    let config = db.write_config("k.toml", "");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replacen("[daemon]\n", "[daemon]\nlog_level = \"debug\"\n", 1),
+    )
+    .unwrap();
+
+    let out = keywarden(&config, &["jobs", "run", "expire-keys"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout: {stdout}\nstderr: {stderr}");
+    assert!(
+        stdout.contains(&format!("expire-keys: ok, {due} row(s) affected")),
+        "{stdout}"
+    );
+    if backend == Backend::Postgres {
+        assert!(stderr.contains("expiring them in table order"), "{stderr}");
+    }
+
+    let by_status: Vec<(String, i64)> = api_keys::table
+        .group_by(api_keys::status)
+        .select((api_keys::status, diesel::dsl::count_star()))
+        .order(api_keys::status)
+        .load(&mut conn)
+        .unwrap();
+    let revoked = KEYS / 21;
+    assert_eq!(
+        by_status,
+        vec![
+            ("active".to_string(), KEYS - due - revoked),
+            ("expired".to_string(), due),
+            ("revoked".to_string(), revoked)
+        ]
+    );
+    let events: i64 = api_key_events::table
+        .filter(api_key_events::event.eq("expired"))
+        .count()
+        .get_result(&mut conn)
+        .unwrap();
+    let distinct: i64 = api_key_events::table
+        .filter(api_key_events::event.eq("expired"))
+        .select(diesel::dsl::count(api_key_events::key_id).aggregate_distinct())
+        .first(&mut conn)
+        .unwrap();
+    assert_eq!((events, distinct), (due, due), "one event per expired key");
+    let out = keywarden(&config, &["jobs", "run", "expire-keys"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok, 0 row(s)"));
+}
 
 /// PostgreSQL only: a snapshot held by one connection pins the vacuum
 /// horizon of the whole server (SQLite has no such thing across processes).

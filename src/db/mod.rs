@@ -187,17 +187,29 @@ impl DbConnection {
     /// can only mean a message is sent again, and a commit that waits for
     /// the disk would sit between every two messages on a connection.
     pub fn with_relaxed_commit<T>(&mut self, f: impl FnOnce(&mut DbConnection) -> T) -> T {
-        let relaxed = match self {
+        let relaxed = self.relax_commit();
+        let value = f(self);
+        self.restore_commit(relaxed);
+        value
+    }
+
+    /// Starts what [`DbConnection::with_relaxed_commit`] does, for a caller
+    /// that cannot lend the connection to a closure; returns whether the
+    /// setting was changed, for [`DbConnection::restore_commit`].
+    pub fn relax_commit(&mut self) -> bool {
+        match self {
             DbConnection::Postgres(pg) => pg.batch_execute("SET synchronous_commit = off").is_ok(),
             DbConnection::Sqlite(_) => false,
-        };
-        let value = f(self);
+        }
+    }
+
+    /// Ends [`DbConnection::relax_commit`].
+    pub fn restore_commit(&mut self, relaxed: bool) {
         if let (true, DbConnection::Postgres(pg)) = (relaxed, &mut *self) {
             // A connection that cannot run this is broken; the pool's next
             // use finds out.
             let _ = pg.batch_execute("RESET synchronous_commit");
         }
-        value
     }
 }
 

@@ -38,10 +38,134 @@ pub fn expire_keys_with_events(
     Ok(rows.into_iter().map(|r| r.prefix).collect())
 }
 
+#[derive(QueryableByName)]
+struct BlockRangeExpiry {
+    #[diesel(sql_type = BigInt)]
+    picked: i64,
+    #[diesel(sql_type = diesel::sql_types::Nullable<Text>)]
+    last: Option<String>,
+    #[diesel(sql_type = Array<Text>)]
+    prefixes: Vec<String>,
+}
+
+/// What one statement of the physical-order expiry pass did.
+pub struct BlockStep {
+    /// Due rows the statement found (at most the limit asked for).
+    pub picked: i64,
+    /// The last row position it found, where the next statement goes on.
+    pub last: Option<String>,
+    /// The keys it expired (a row changed meanwhile is found, not expired).
+    pub prefixes: Vec<String>,
+}
+
+/// The table's size in pages, as the physical-order pass walks it.
+pub fn api_keys_pages(conn: &mut PgConnection) -> QueryResult<i64> {
+    let row: Count =
+        diesel::sql_query("SELECT pg_relation_size('api_keys') / current_setting('block_size')::bigint AS n")
+            .get_result(conn)?;
+    Ok(row.n)
+}
+
+/// How many active keys are due at `now`, counting no further than `cap`
+/// (an index range read that stops there).
+pub fn count_due_keys(conn: &mut PgConnection, now: NaiveDateTime, cap: i64) -> QueryResult<i64> {
+    let row: Count = diesel::sql_query(
+        "SELECT count(*) AS n FROM (SELECT 1 FROM api_keys \
+             WHERE status = 'active' AND expires_at <= $1 LIMIT $2) due",
+    )
+    .bind::<Timestamp, _>(now)
+    .bind::<BigInt, _>(cap)
+    .get_result(conn)?;
+    Ok(row.n)
+}
+
+/// Expires, with their audit rows, up to `limit` due keys found in table
+/// order strictly after row position `after` and before page `end_page`
+/// (a TID range scan: the pages are read in order, each once per run, and
+/// the rows found are updated through their positions), in one statement.
+/// Positions are PostgreSQL's own text form, `(page,item)`, made here and
+/// returned by the server, never taken from input.
+pub fn expire_block_range(
+    conn: &mut PgConnection,
+    after: &str,
+    end_page: i64,
+    limit: i64,
+    now: NaiveDateTime,
+    actor: &str,
+) -> QueryResult<BlockStep> {
+    let row: BlockRangeExpiry = diesel::sql_query(
+        "WITH picked AS ( \
+             SELECT ctid AS at FROM api_keys \
+             WHERE ctid > $1::tid AND ctid < ('(' || $2 || ',0)')::tid \
+               AND status = 'active' AND expires_at <= $3 LIMIT $4), \
+         expired AS ( \
+             UPDATE api_keys k SET status = 'expired', updated_at = $3 FROM picked \
+             WHERE k.ctid = picked.at AND k.status = 'active' AND k.expires_at <= $3 \
+             RETURNING k.id, k.prefix), \
+         logged AS ( \
+             INSERT INTO api_key_events (key_id, prefix, event, actor, created_at) \
+             SELECT id, prefix, 'expired', $5, $3 FROM expired RETURNING prefix) \
+         SELECT (SELECT count(*) FROM picked) AS picked, (SELECT max(at)::text FROM picked) AS last, \
+                ARRAY(SELECT prefix FROM logged) AS prefixes",
+    )
+    .bind::<Text, _>(after)
+    .bind::<BigInt, _>(end_page)
+    .bind::<Timestamp, _>(now)
+    .bind::<BigInt, _>(limit)
+    .bind::<Text, _>(actor)
+    .get_result(conn)?;
+    Ok(BlockStep {
+        picked: row.picked,
+        last: row.last,
+        prefixes: row.prefixes,
+    })
+}
+
 /// Refreshes the planner's statistics of the outbox (see
 /// `notify::outbox::refresh_statistics`).
 pub fn analyze_notifications(conn: &mut PgConnection) -> QueryResult<usize> {
     diesel::sql_query("ANALYZE notifications").execute(conn)
+}
+
+/// Inserts outbox rows in one statement of constant text (one array a
+/// column, unnested side by side), leaving alone any that already exist for
+/// the same subject, generation and window; returns how many were new.
+/// Unlike a multi-row `VALUES`, the statement is the same whatever the
+/// number of rows, and binding an array a column is cheaper than a
+/// parameter a value.
+pub fn enqueue_unnested(
+    conn: &mut PgConnection,
+    rows: &[crate::notify::outbox::NewNotification],
+) -> QueryResult<usize> {
+    use diesel::sql_types::{Integer, Nullable};
+    let text = |f: fn(&crate::notify::outbox::NewNotification) -> &str| -> Vec<&str> { rows.iter().map(f).collect() };
+    let stamps = |f: fn(&crate::notify::outbox::NewNotification) -> NaiveDateTime| -> Vec<NaiveDateTime> {
+        rows.iter().map(f).collect()
+    };
+    diesel::sql_query(
+        "INSERT INTO notifications (subject_kind, subject_id, generation, notice_window, recipient, \
+             recipient_name, payload, status, attempts, next_attempt_at, created_at, updated_at) \
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+             $7::text[], $8::text[], $9::int4[], $10::timestamp[], $11::timestamp[], $12::timestamp[]) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind::<Array<Text>, _>(text(|r| &r.subject_kind))
+    .bind::<Array<Text>, _>(text(|r| &r.subject_id))
+    .bind::<Array<Text>, _>(text(|r| &r.generation))
+    .bind::<Array<Text>, _>(text(|r| &r.notice_window))
+    .bind::<Array<Text>, _>(text(|r| &r.recipient))
+    .bind::<Array<Nullable<Text>>, _>(
+        rows.iter()
+            .map(|r| r.recipient_name.as_deref())
+            .collect::<Vec<Option<&str>>>(),
+    )
+    .bind::<Array<Text>, _>(text(|r| &r.payload))
+    .bind::<Array<Text>, _>(text(|r| &r.status))
+    .bind::<Array<Integer>, _>(rows.iter().map(|r| r.attempts).collect::<Vec<i32>>())
+    .bind::<Array<Timestamp>, _>(stamps(|r| r.next_attempt_at))
+    .bind::<Array<Timestamp>, _>(stamps(|r| r.created_at))
+    .bind::<Array<Timestamp>, _>(stamps(|r| r.updated_at))
+    .execute(conn)
 }
 
 /// Marks notifications sent, each id with its own Message-ID, in one

@@ -22,6 +22,7 @@
 pub mod alerts;
 pub mod deliver;
 pub mod detect;
+mod eml;
 pub mod outbox;
 pub mod render;
 pub mod send_error;

@@ -76,6 +76,12 @@ pub fn refresh_statistics(conn: &mut DbConnection) {
 /// generation and window. Returns how many were new.
 pub fn enqueue(conn: &mut DbConnection, rows: &[NewNotification]) -> QueryResult<usize> {
     let mut n = 0;
+    if let Some(pg) = conn.as_postgres() {
+        for chunk in rows.chunks(10_000) {
+            n += crate::db::postgres::enqueue_unnested(pg, chunk)?;
+        }
+        return Ok(n);
+    }
     // 12 columns a row; stay well under SQLite's bound-parameter limit.
     for chunk in rows.chunks(1000) {
         n += crate::on_backend!(conn, c => diesel::insert_into(notifications::table)

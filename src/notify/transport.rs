@@ -6,13 +6,17 @@ use std::os::unix::fs::DirBuilderExt;
 
 use lettre::Message;
 
+use super::eml::EmlWriter;
 pub use super::send_error::{SendError, TransportError};
 use super::smtp::{SmtpPool, WireMessage};
 use crate::config::{MailTransport, NotificationsConfig};
 
-/// Messages the file transport writes before one flush to disk makes them
-/// all durable; what a crash can leave written but unrecorded.
-pub const FILE_BATCH: usize = 64;
+pub use super::eml::BATCH as FILE_BATCH;
+
+/// Recipients the file transport claims at once: several batches, so a
+/// claim's round trips are shared by many messages (rows claimed and never
+/// written are claimed again at once by the next run on this host).
+pub const FILE_CLAIM: usize = 4 * FILE_BATCH;
 
 /// Recipients claimed per SMTP connection at once. A claim holds the
 /// delivery loop for three round trips and the rendering, during which
@@ -78,30 +82,31 @@ impl Mailer {
     }
 
     /// How many messages may be sent and not yet recorded at once: the
-    /// SMTP pool size, or [`FILE_BATCH`] for the file transport.
+    /// SMTP pool size, or two batches for the file transport (one being
+    /// recorded, one being written; see [`super::eml`]).
     pub fn in_flight(&self) -> usize {
         match &self.kind {
-            MailerKind::File(_) => FILE_BATCH,
+            MailerKind::File(_) => 2 * FILE_BATCH,
             MailerKind::Smtp(pool) => pool.size(),
         }
     }
 
     /// Recipients claimed at once: [`CLAIM_PER_CONNECTION`] per SMTP
     /// connection (so a claim's round trips and the stall they cause are
-    /// shared by many messages), one batch for
-    /// the file transport. Rows claimed and never started are claimed again
-    /// at once by the next run on this host.
+    /// shared by many messages), [`FILE_CLAIM`] for the file transport.
+    /// Rows claimed and never started are claimed again at once by the next
+    /// run on this host.
     pub fn claim_size(&self) -> usize {
         match &self.kind {
-            MailerKind::File(_) => FILE_BATCH,
+            MailerKind::File(_) => FILE_CLAIM,
             MailerKind::Smtp(pool) => pool.size() * CLAIM_PER_CONNECTION,
         }
     }
 
     /// Starts a delivery: see [`Session`].
-    pub fn session(&self) -> Session<'_> {
+    pub fn session(&self) -> Session {
         let kind = match &self.kind {
-            MailerKind::File(dir) => SessionKind::File { dir, batch: Vec::new() },
+            MailerKind::File(dir) => SessionKind::File(EmlWriter::new(dir)),
             MailerKind::Smtp(pool) => match pool.session() {
                 Some(s) => SessionKind::Smtp(s),
                 None => SessionKind::Closed,
@@ -128,27 +133,24 @@ impl Mailer {
 /// ready, so they can share a transaction), records them, then says so
 /// ([`Session::recorded`]): a connection starts its next message only
 /// then, so no more than [`Mailer::in_flight`] accepted messages are ever
-/// unrecorded. The file transport writes a batch when its outcomes are
-/// asked for.
-pub struct Session<'m> {
-    kind: SessionKind<'m>,
+/// unrecorded. The file transport writes batches on a thread of its own
+/// ([`EmlWriter`]).
+pub struct Session {
+    kind: SessionKind,
     in_flight: usize,
     claim_size: usize,
     /// Messages that could not be built: failed without being sent.
     immediate: Vec<Outcome>,
 }
 
-enum SessionKind<'m> {
-    File {
-        dir: &'m std::path::Path,
-        batch: Vec<(usize, Message)>,
-    },
+enum SessionKind {
+    File(EmlWriter),
     Smtp(super::smtp::SmtpSession),
     /// The SMTP thread is gone: every message fails.
     Closed,
 }
 
-impl Session<'_> {
+impl Session {
     /// Queues a message (or why it could not be built); `index` comes back
     /// with its outcome.
     pub fn submit(&mut self, index: usize, message: Result<Message, String>) {
@@ -160,7 +162,7 @@ impl Session<'_> {
             }
         };
         match &mut self.kind {
-            SessionKind::File { batch, .. } => batch.push((index, message)),
+            SessionKind::File(w) => w.submit(index, message),
             SessionKind::Smtp(s) => s.submit(
                 index,
                 WireMessage {
@@ -180,7 +182,7 @@ impl Session<'_> {
     /// batch of [`FILE_BATCH`] at a time.
     pub fn wants_more(&self) -> bool {
         match &self.kind {
-            SessionKind::File { batch, .. } => batch.len() + self.immediate.len() < self.in_flight,
+            SessionKind::File(w) => w.wants_more() && self.immediate.len() < self.in_flight,
             SessionKind::Smtp(s) => s.outstanding() + self.immediate.len() < self.claim_size,
             SessionKind::Closed => self.immediate.len() < self.in_flight,
         }
@@ -193,7 +195,8 @@ impl Session<'_> {
         !self.immediate.is_empty()
             || match &mut self.kind {
                 SessionKind::Smtp(s) => s.has_outcome(),
-                SessionKind::File { .. } | SessionKind::Closed => false,
+                SessionKind::File(w) => w.has_outcome(),
+                SessionKind::Closed => false,
             }
     }
 
@@ -201,7 +204,7 @@ impl Session<'_> {
     pub fn outstanding(&self) -> usize {
         self.immediate.len()
             + match &self.kind {
-                SessionKind::File { batch, .. } => batch.len(),
+                SessionKind::File(w) => w.outstanding(),
                 SessionKind::Smtp(s) => s.outstanding(),
                 SessionKind::Closed => 0,
             }
@@ -213,10 +216,7 @@ impl Session<'_> {
             return std::mem::take(&mut self.immediate);
         }
         match &mut self.kind {
-            SessionKind::File { dir, batch } => {
-                let (indices, messages): (Vec<usize>, Vec<Message>) = std::mem::take(batch).into_iter().unzip();
-                indices.into_iter().zip(write_eml_batch(dir, &messages)).collect()
-            }
+            SessionKind::File(w) => w.outcomes(),
             SessionKind::Smtp(s) => s.outcomes(),
             SessionKind::Closed => Vec::new(),
         }
@@ -234,79 +234,9 @@ impl Session<'_> {
     pub fn stop(&mut self) {
         self.immediate.clear();
         match &mut self.kind {
-            SessionKind::File { batch, .. } => batch.clear(),
+            SessionKind::File(w) => w.stop(),
             SessionKind::Smtp(s) => s.stop(),
             SessionKind::Closed => {}
         }
-    }
-}
-
-/// Writes each message as `<uuid>.eml` in `dir`: a hidden temporary file
-/// created with mode 0600 (set on the handle, so no umask widens or
-/// narrows it), then, once one `syncfs` made the whole batch durable,
-/// renamed into place (and the directory synced), so a reader never sees
-/// half a message and a recorded message is on disk.
-fn write_eml_batch(dir: &std::path::Path, batch: &[Message]) -> Vec<Result<(), SendError>> {
-    let failed = |e: std::io::Error| SendError::transient(format!("cannot write to {}: {e}", dir.display()));
-    let mut written: Vec<Result<(std::path::PathBuf, String), SendError>> =
-        batch.iter().map(|m| write_hidden(dir, m).map_err(failed)).collect();
-    let synced = sync_dir_fs(dir).map_err(failed);
-    for w in written.iter_mut() {
-        let Ok((tmp, name)) = w else { continue };
-        let placed = synced
-            .clone()
-            .and_then(|()| std::fs::rename(&*tmp, dir.join(&*name)).map_err(failed));
-        if let Err(e) = placed {
-            let _ = std::fs::remove_file(&*tmp);
-            *w = Err(e);
-        }
-    }
-    // The renames themselves must survive a crash before they are recorded.
-    let renamed = std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(failed);
-    written
-        .into_iter()
-        .map(|w| match (w, &renamed) {
-            (Ok(_), Ok(())) => Ok(()),
-            (Ok(_), Err(e)) => Err(e.clone()),
-            (Err(e), _) => Err(e),
-        })
-        .collect()
-}
-
-/// Writes one message to a hidden temporary file; returns it and the
-/// final name.
-fn write_hidden(dir: &std::path::Path, message: &Message) -> std::io::Result<(std::path::PathBuf, String)> {
-    use std::io::Write;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let name = format!("{}.eml", uuid::Uuid::new_v4());
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&tmp)?;
-    let written = file
-        .set_permissions(std::fs::Permissions::from_mode(0o600))
-        .and_then(|()| file.write_all(&message.formatted()));
-    match written {
-        Ok(()) => Ok((tmp, name)),
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            Err(e)
-        }
-    }
-}
-
-/// Flushes the file system holding `dir` (one call for a whole batch,
-/// instead of one `fsync` per message).
-fn sync_dir_fs(dir: &std::path::Path) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let d = std::fs::File::open(dir)?;
-    // SAFETY: syncfs takes an open descriptor, which `d` keeps open.
-    if unsafe { libc::syncfs(d.as_raw_fd()) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
     }
 }
