@@ -127,21 +127,31 @@ pub fn analyze_notifications(conn: &mut PgConnection) -> QueryResult<usize> {
     diesel::sql_query("ANALYZE notifications").execute(conn)
 }
 
+/// New outbox rows, a column at a time (the outbox builds them; see
+/// `notify::outbox::enqueue`).
+pub struct OutboxColumns<'a> {
+    pub subject_kind: Vec<&'a str>,
+    pub subject_id: Vec<&'a str>,
+    pub generation: Vec<&'a str>,
+    pub notice_window: Vec<&'a str>,
+    pub recipient: Vec<&'a str>,
+    pub recipient_name: Vec<Option<&'a str>>,
+    pub payload: Vec<&'a str>,
+    pub status: Vec<&'a str>,
+    pub attempts: Vec<i32>,
+    pub next_attempt_at: Vec<NaiveDateTime>,
+    pub created_at: Vec<NaiveDateTime>,
+    pub updated_at: Vec<NaiveDateTime>,
+}
+
 /// Inserts outbox rows in one statement of constant text (one array a
 /// column, unnested side by side), leaving alone any that already exist for
 /// the same subject, generation and window; returns how many were new.
 /// Unlike a multi-row `VALUES`, the statement is the same whatever the
 /// number of rows, and binding an array a column is cheaper than a
 /// parameter a value.
-pub fn enqueue_unnested(
-    conn: &mut PgConnection,
-    rows: &[crate::notify::outbox::NewNotification],
-) -> QueryResult<usize> {
+pub fn enqueue_unnested(conn: &mut PgConnection, rows: OutboxColumns<'_>) -> QueryResult<usize> {
     use diesel::sql_types::{Integer, Nullable};
-    let text = |f: fn(&crate::notify::outbox::NewNotification) -> &str| -> Vec<&str> { rows.iter().map(f).collect() };
-    let stamps = |f: fn(&crate::notify::outbox::NewNotification) -> NaiveDateTime| -> Vec<NaiveDateTime> {
-        rows.iter().map(f).collect()
-    };
     diesel::sql_query(
         "INSERT INTO notifications (subject_kind, subject_id, generation, notice_window, recipient, \
              recipient_name, payload, status, attempts, next_attempt_at, created_at, updated_at) \
@@ -149,22 +159,18 @@ pub fn enqueue_unnested(
              $7::text[], $8::text[], $9::int4[], $10::timestamp[], $11::timestamp[], $12::timestamp[]) \
          ON CONFLICT DO NOTHING",
     )
-    .bind::<Array<Text>, _>(text(|r| &r.subject_kind))
-    .bind::<Array<Text>, _>(text(|r| &r.subject_id))
-    .bind::<Array<Text>, _>(text(|r| &r.generation))
-    .bind::<Array<Text>, _>(text(|r| &r.notice_window))
-    .bind::<Array<Text>, _>(text(|r| &r.recipient))
-    .bind::<Array<Nullable<Text>>, _>(
-        rows.iter()
-            .map(|r| r.recipient_name.as_deref())
-            .collect::<Vec<Option<&str>>>(),
-    )
-    .bind::<Array<Text>, _>(text(|r| &r.payload))
-    .bind::<Array<Text>, _>(text(|r| &r.status))
-    .bind::<Array<Integer>, _>(rows.iter().map(|r| r.attempts).collect::<Vec<i32>>())
-    .bind::<Array<Timestamp>, _>(stamps(|r| r.next_attempt_at))
-    .bind::<Array<Timestamp>, _>(stamps(|r| r.created_at))
-    .bind::<Array<Timestamp>, _>(stamps(|r| r.updated_at))
+    .bind::<Array<Text>, _>(rows.subject_kind)
+    .bind::<Array<Text>, _>(rows.subject_id)
+    .bind::<Array<Text>, _>(rows.generation)
+    .bind::<Array<Text>, _>(rows.notice_window)
+    .bind::<Array<Text>, _>(rows.recipient)
+    .bind::<Array<Nullable<Text>>, _>(rows.recipient_name)
+    .bind::<Array<Text>, _>(rows.payload)
+    .bind::<Array<Text>, _>(rows.status)
+    .bind::<Array<Integer>, _>(rows.attempts)
+    .bind::<Array<Timestamp>, _>(rows.next_attempt_at)
+    .bind::<Array<Timestamp>, _>(rows.created_at)
+    .bind::<Array<Timestamp>, _>(rows.updated_at)
     .execute(conn)
 }
 

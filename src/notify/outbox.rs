@@ -78,7 +78,7 @@ pub fn enqueue(conn: &mut DbConnection, rows: &[NewNotification]) -> QueryResult
     let mut n = 0;
     if let Some(pg) = conn.as_postgres() {
         for chunk in rows.chunks(10_000) {
-            n += crate::db::postgres::enqueue_unnested(pg, chunk)?;
+            n += crate::db::postgres::enqueue_unnested(pg, columns(chunk))?;
         }
         return Ok(n);
     }
@@ -90,6 +90,26 @@ pub fn enqueue(conn: &mut DbConnection, rows: &[NewNotification]) -> QueryResult
             .execute(c))?;
     }
     Ok(n)
+}
+
+/// Rows as the one-statement PostgreSQL insert takes them.
+fn columns(rows: &[NewNotification]) -> crate::db::postgres::OutboxColumns<'_> {
+    let text = |f: fn(&NewNotification) -> &str| rows.iter().map(f).collect();
+    let stamps = |f: fn(&NewNotification) -> NaiveDateTime| rows.iter().map(f).collect();
+    crate::db::postgres::OutboxColumns {
+        subject_kind: text(|r| &r.subject_kind),
+        subject_id: text(|r| &r.subject_id),
+        generation: text(|r| &r.generation),
+        notice_window: text(|r| &r.notice_window),
+        recipient: text(|r| &r.recipient),
+        recipient_name: rows.iter().map(|r| r.recipient_name.as_deref()).collect(),
+        payload: text(|r| &r.payload),
+        status: text(|r| &r.status),
+        attempts: rows.iter().map(|r| r.attempts).collect(),
+        next_attempt_at: stamps(|r| r.next_attempt_at),
+        created_at: stamps(|r| r.created_at),
+        updated_at: stamps(|r| r.updated_at),
+    }
 }
 
 /// Marks pending rows of these subjects in `windows` as skipped (a tighter
