@@ -55,6 +55,33 @@ impl ApiKey {
     }
 }
 
+/// A key as listings read it: every column but the hash, which a listing
+/// neither shows nor needs to fetch. Serialized as [`ApiKey`] is.
+#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[diesel(table_name = api_keys)]
+pub struct KeyListing {
+    pub id: i64,
+    pub prefix: String,
+    pub name: String,
+    pub status: String,
+    pub version: i32,
+    pub owner_id: i64,
+    #[serde(serialize_with = "as_json_list")]
+    pub scopes: String,
+    #[serde(serialize_with = "as_json_list")]
+    pub allowed_ips: String,
+    pub expires_at: NaiveDateTime,
+    pub rotated_at: Option<NaiveDateTime>,
+    pub revoked_at: Option<NaiveDateTime>,
+    pub revoked_reason: Option<String>,
+    pub grace_period_ends_at: Option<NaiveDateTime>,
+    pub replaced_by_id: Option<i64>,
+    pub last_used_at: Option<NaiveDateTime>,
+    pub usage_count: i64,
+    pub created_at: NaiveDateTime,
+    pub updated_at: NaiveDateTime,
+}
+
 impl ApiKey {
     /// The scopes, or `None` when the stored value is not a JSON array of
     /// strings (verification then refuses the key: it fails closed).

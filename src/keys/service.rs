@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::error::KeyError;
 use super::format::{self, check_prefix, NewKey};
 use super::hash::SecretHasher;
-use super::model::{to_json_list, ApiKey, KeyEvent, User};
+use super::model::{to_json_list, ApiKey, KeyEvent, KeyListing, User};
 use super::{event, policy, record_events_for, status, users};
 use crate::config::{KeysConfig, Secret};
 use crate::db::schema::{api_key_events, api_keys, users as users_t};
@@ -372,7 +372,7 @@ pub struct ListFilter {
 #[derive(Debug, Clone, Serialize)]
 pub struct ListedKey {
     #[serde(flatten)]
-    pub key: ApiKey,
+    pub key: KeyListing,
     pub owner_email: String,
 }
 
@@ -410,7 +410,7 @@ pub fn list_each(
     crate::streaming_on_backend!(conn, c, Streaming => {
         let mut query = api_keys::table
             .inner_join(users_t::table)
-            .select((ApiKey::as_select(), users_t::email))
+            .select((KeyListing::as_select(), users_t::email))
             .into_boxed();
         if let Some(id) = owner_id {
             query = query.filter(api_keys::owner_id.eq(id));
@@ -448,7 +448,7 @@ pub fn list_each(
         };
         let rows = query
             .then_order_by(api_keys::id.asc())
-            .load_iter::<(ApiKey, String), Streaming>(c)
+            .load_iter::<(KeyListing, String), Streaming>(c)
             .map_err(KeyError::from)?;
         for row in rows {
             let (key, owner_email) = row.map_err(KeyError::from)?;
