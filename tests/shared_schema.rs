@@ -23,6 +23,10 @@ mod postgres_only {
     fn the_timestamptz_migration_keeps_every_instant() {
         super::the_timestamptz_migration_keeps_every_instant();
     }
+    #[test]
+    fn a_node_app_written_from_the_readme_shares_the_keys() {
+        super::a_node_app_written_from_the_readme_shares_the_keys();
+    }
 }
 
 /// Writes `scopes` and `allowed_ips` as another application would (plain
@@ -178,4 +182,131 @@ fn the_timestamptz_migration_keeps_every_instant() {
     .get_result(&mut other_zone)
     .unwrap();
     assert_eq!(kind.utc, "timestamp with time zone");
+}
+
+/// `examples/node-shared-db/shared-db.mjs` (node-postgres and node-argon2,
+/// `npm ci` by .ci/run) under TZ=Asia/Tokyo, against a real database.
+fn node_app(db: &TestDb, args: &[&str], stdin: &str) -> serde_json::Value {
+    use std::io::Write;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/node-shared-db");
+    assert!(
+        dir.join("node_modules/pg").is_dir() && dir.join("node_modules/argon2").is_dir(),
+        "the Node example's packages are needed: npm ci --prefix examples/node-shared-db"
+    );
+    let mut child = std::process::Command::new("node")
+        .arg(dir.join("shared-db.mjs"))
+        .args(args)
+        .env("DATABASE_URL", &db.url)
+        .env("TZ", "Asia/Tokyo")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("node (Node.js) is needed for this test");
+    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+fn keywarden_with_stdin(config: &std::path::Path, args: &[&str], stdin: &str) -> (bool, String, String) {
+    use std::io::Write;
+    let mut child = std::process::Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A Node application issues a key the README's way in a Tokyo time zone:
+/// keywarden verifies it and holds its expiry at the right instant. A key
+/// keywarden issues verifies in the Node application, which counts the use
+/// as keywarden does, and refuses it once keywarden revoked it.
+fn a_node_app_written_from_the_readme_shares_the_keys() {
+    let db = TestDb::new(Backend::Postgres);
+    let mut conn = db.conn();
+    let cfg = db.write_config("k.toml", "");
+
+    let issued = node_app(&db, &["issue", "node-owner@example.com", "billing", "read:users"], "");
+    let key = issued["key"].as_str().unwrap().to_string();
+    let prefix = issued["prefix"].as_str().unwrap().to_string();
+    let (ok, stdout, stderr) = keywarden_with_stdin(&cfg, &["keys", "verify", "--scope", "read:users"], &key);
+    assert!(
+        ok && stdout.starts_with(&format!("valid: {prefix}")),
+        "{stdout}{stderr}"
+    );
+    let expected = chrono::DateTime::parse_from_rfc3339(issued["expires_at"].as_str().unwrap())
+        .unwrap()
+        .naive_utc();
+    let stored: chrono::NaiveDateTime = api_keys::table
+        .filter(api_keys::prefix.eq(&prefix))
+        .select(api_keys::expires_at)
+        .first(&mut conn)
+        .unwrap();
+    assert!(
+        (stored - expected).num_milliseconds().abs() <= 1,
+        "issued from Tokyo to expire at {expected} UTC, stored {stored}"
+    );
+
+    let (ok, stdout, stderr) = keywarden_with_stdin(
+        &cfg,
+        &[
+            "keys",
+            "create",
+            "--owner",
+            "node-owner@example.com",
+            "--name",
+            "reports",
+            "--scopes",
+            "read:reports",
+        ],
+        "",
+    );
+    assert!(ok, "{stderr}");
+    let ours = stdout.trim().to_string();
+    let our_prefix = ours.split('.').next().unwrap().to_string();
+    let verified = node_app(&db, &["verify", "10.1.2.3", "read:reports"], &ours);
+    assert_eq!(verified["valid"], true, "{verified}");
+    let refused = node_app(&db, &["verify", "10.1.2.3", "write:reports"], &ours);
+    assert_eq!(refused["valid"], false, "{refused}");
+    let (uses, last_used): (i64, Option<chrono::NaiveDateTime>) = api_keys::table
+        .filter(api_keys::prefix.eq(&our_prefix))
+        .select((api_keys::usage_count, api_keys::last_used_at))
+        .first(&mut conn)
+        .unwrap();
+    assert_eq!(uses, 1);
+    let lag = keywarden::db::now() - last_used.unwrap();
+    assert!(
+        lag >= TimeDelta::zero() && lag < TimeDelta::minutes(5),
+        "last used {last_used:?}"
+    );
+    let (ok, _, stderr) = keywarden_with_stdin(&cfg, &["keys", "revoke", &our_prefix, "--reason", "test"], "");
+    assert!(ok, "{stderr}");
+    let after = node_app(&db, &["verify", "10.1.2.3", "read:reports"], &ours);
+    assert_eq!(
+        (after["valid"].clone(), after["reason"].clone()),
+        (false.into(), "revoked".into())
+    );
+
+    // keywarden reads the Node application's events like its own.
+    let (ok, stdout, stderr) = keywarden_with_stdin(&cfg, &["keys", "usage", &our_prefix, "--json"], "");
+    assert!(ok, "{stderr}");
+    let usage: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(usage["successful_verifications"], 1, "{usage}");
 }
