@@ -264,7 +264,7 @@ fn a_node_app_written_from_the_readme_shares_the_keys() {
         "issued from Tokyo to expire at {expected} UTC, stored {stored}"
     );
 
-    let (ok, stdout, stderr) = keywarden_with_stdin(
+    let created = keywarden(
         &cfg,
         &[
             "keys",
@@ -276,10 +276,9 @@ fn a_node_app_written_from_the_readme_shares_the_keys() {
             "--scopes",
             "read:reports",
         ],
-        "",
     );
-    assert!(ok, "{stderr}");
-    let ours = stdout.trim().to_string();
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    let ours = String::from_utf8_lossy(&created.stdout).trim().to_string();
     let our_prefix = ours.split('.').next().unwrap().to_string();
     let verified = node_app(&db, &["verify", "10.1.2.3", "read:reports"], &ours);
     assert_eq!(verified["valid"], true, "{verified}");
@@ -296,8 +295,8 @@ fn a_node_app_written_from_the_readme_shares_the_keys() {
         lag >= TimeDelta::zero() && lag < TimeDelta::minutes(5),
         "last used {last_used:?}"
     );
-    let (ok, _, stderr) = keywarden_with_stdin(&cfg, &["keys", "revoke", &our_prefix, "--reason", "test"], "");
-    assert!(ok, "{stderr}");
+    let revoked = keywarden(&cfg, &["keys", "revoke", &our_prefix, "--reason", "test"]);
+    assert!(revoked.status.success(), "{}", String::from_utf8_lossy(&revoked.stderr));
     let after = node_app(&db, &["verify", "10.1.2.3", "read:reports"], &ours);
     assert_eq!(
         (after["valid"].clone(), after["reason"].clone()),
@@ -305,8 +304,8 @@ fn a_node_app_written_from_the_readme_shares_the_keys() {
     );
 
     // keywarden reads the Node application's events like its own.
-    let (ok, stdout, stderr) = keywarden_with_stdin(&cfg, &["keys", "usage", &our_prefix, "--json"], "");
-    assert!(ok, "{stderr}");
-    let usage: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let shown = keywarden(&cfg, &["keys", "usage", &our_prefix, "--json"]);
+    assert!(shown.status.success(), "{}", String::from_utf8_lossy(&shown.stderr));
+    let usage: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
     assert_eq!(usage["successful_verifications"], 1, "{usage}");
 }

@@ -25,7 +25,9 @@ type Outcome = (usize, Result<(), SendError>);
 pub struct EmlWriter {
     /// The batch being filled.
     filling: Vec<(usize, Message)>,
-    /// Batches handed to the thread whose outcomes have not been taken.
+    /// Messages of the batch handed to the thread whose outcomes have not
+    /// been taken (0: none). One batch at most is there: the next is
+    /// handed over only once this one's outcomes are taken.
     writing: usize,
     /// A finished batch's outcomes, seen by [`EmlWriter::has_outcome`].
     ready: Option<Vec<Outcome>>,
@@ -83,7 +85,7 @@ impl EmlWriter {
     pub fn has_outcome(&mut self) -> bool {
         if self.ready.is_none() && self.writing > 0 {
             if let Ok(outcomes) = self.done.try_recv() {
-                self.writing -= 1;
+                self.writing = 0;
                 self.ready = Some(outcomes);
             }
         }
@@ -92,7 +94,7 @@ impl EmlWriter {
 
     /// Messages submitted whose outcome has not been handed out.
     pub fn outstanding(&self) -> usize {
-        self.filling.len() + self.writing * BATCH + self.ready.as_ref().map_or(0, Vec::len)
+        self.filling.len() + self.writing + self.ready.as_ref().map_or(0, Vec::len)
     }
 
     /// The next batch's outcomes, waiting for them; a partial batch is
@@ -107,7 +109,7 @@ impl EmlWriter {
             Some(o) => o,
             None if self.writing > 0 => match self.done.recv() {
                 Ok(o) => {
-                    self.writing -= 1;
+                    self.writing = 0;
                     o
                 }
                 Err(_) => {
@@ -130,22 +132,21 @@ impl EmlWriter {
     pub fn stop(&mut self) {
         self.filling.clear();
         self.ready = None;
-        while self.writing > 0 {
-            self.writing -= 1;
-            if self.done.recv().is_err() {
-                break;
-            }
+        if self.writing > 0 {
+            self.writing = 0;
+            let _ = self.done.recv();
         }
     }
 
     fn dispatch(&mut self) {
         let batch = std::mem::take(&mut self.filling);
+        let size = batch.len();
         let sent = match &self.jobs {
             Some(jobs) => jobs.send(batch).map_err(|e| e.0),
             None => Err(batch),
         };
         match sent {
-            Ok(()) => self.writing += 1,
+            Ok(()) => self.writing = size,
             Err(batch) => {
                 // No thread: written here, the same files without the overlap.
                 let (indices, messages): (Vec<usize>, Vec<Message>) = batch.into_iter().unzip();
