@@ -7,7 +7,7 @@
 //! # Layout
 //!
 //! Floors from the top; a module imports only modules below it:
-//! `cli` → `daemon` → `metrics` → `jobs` → the domains (`acme`, `perms`, then `notify`,
+//! `cli` → `daemon` → `verify` → `metrics` → `jobs` → the domains (`acme`, `perms`, then `notify`,
 //! then `keys`) → `db` → `telemetry` → `config` → `sys`. Each module's doc
 //! lists what it imports in one line.
 //!
@@ -15,6 +15,7 @@
 //! |---|---|
 //! | [`cli`] | the command line, one module per command group; `main.rs` only calls [`cli::main`] |
 //! | [`daemon`] | the runtime: scheduler, signals (reload, stop), sd_notify, task supervision |
+//! | [`verify`] | the verification service: HTTP/JSON on a Unix socket, a cache of recent successes invalidated across replicas |
 //! | [`metrics`] | Prometheus metrics: a snapshot from the database, OpenMetrics text, the textfile and `GET /metrics` |
 //! | [`jobs`] | the job registry, the run wrapper, one module per job; loads the configuration with the registry's jobs ([`jobs::load_config`]) |
 //! | [`acme`] | certificates: ACME issuance and renewal, monitoring |
@@ -54,3 +55,4 @@ pub mod notify;
 pub mod perms;
 pub mod sys;
 pub mod telemetry;
+pub mod verify;

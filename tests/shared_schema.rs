@@ -144,7 +144,16 @@ fn a_time_written_with_an_offset_is_stored_at_its_instant() {
 fn the_timestamptz_migration_keeps_every_instant() {
     let db = TestDb::new(Backend::Postgres);
     let mut conn = db.conn();
-    // Back to the schema before the migration, by its own down script.
+    // Back to the schema before the migration, by its own down script
+    // (after the later migration's, whose triggers name the columns).
+    pg(&mut conn)
+        .batch_execute(include_str!(
+            "../migrations/postgres/2026-12-02-000010_verify_notify/down.sql"
+        ))
+        .unwrap();
+    pg(&mut conn)
+        .batch_execute("DELETE FROM __diesel_schema_migrations WHERE version = '20261202000010'")
+        .unwrap();
     pg(&mut conn)
         .batch_execute(include_str!(
             "../migrations/postgres/2026-12-01-000009_shared_schema/down.sql"
@@ -160,7 +169,7 @@ fn the_timestamptz_migration_keeps_every_instant() {
         .unwrap();
     let id = add_key(&mut conn, owner, "sk_live_v2_before", "active", stored);
     let applied = keywarden::db::migrate::run_pending(&mut conn).unwrap();
-    assert_eq!(applied.len(), 1, "{applied:?}");
+    assert_eq!(applied.len(), 2, "{applied:?}");
     assert_eq!(expiry_of(&mut conn, id), stored);
     let mut other_zone = diesel::PgConnection::establish(&db.url).unwrap();
     other_zone.batch_execute("SET TIME ZONE 'America/Los_Angeles'").unwrap();

@@ -24,6 +24,7 @@ pub mod notifications;
 pub mod permissions;
 pub mod schedule;
 pub mod secret;
+pub mod verify;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -101,6 +102,7 @@ pub struct Config {
     pub certificates: Vec<acme::CertificateConfig>,
     pub monitors: Vec<acme::MonitorConfig>,
     pub metrics: Option<metrics::MetricsConfig>,
+    pub verify: Option<verify::VerifyConfig>,
 }
 
 /// The sections of one file as they are read, defaults where absent.
@@ -115,6 +117,7 @@ struct Sections {
     certificates: Vec<acme::CertificateConfig>,
     monitors: Vec<acme::MonitorConfig>,
     metrics: Option<metrics::MetricsConfig>,
+    verify: Option<verify::VerifyConfig>,
     /// Where the certificate sections are, for problems across them.
     certificates_at: std::ops::Range<usize>,
     jobs: BTreeMap<&'static str, JobSection>,
@@ -149,9 +152,10 @@ impl Sections {
             }
             "jobs" => self.read_jobs(errors, value, checks),
             "metrics" => self.metrics = errors.checked(value),
+            "verify" => self.verify = errors.checked(value),
             other => errors.at(
                 key.span(),
-                format!("unknown section {other:?}; expected one of: daemon, database, keys, notifications, permissions, acme, certificates, monitor, metrics, jobs"),
+                format!("unknown section {other:?}; expected one of: daemon, database, keys, notifications, permissions, acme, certificates, monitor, metrics, verify, jobs"),
             ),
         }
     }
@@ -256,6 +260,7 @@ impl Sections {
             certificates: self.certificates,
             monitors: self.monitors,
             metrics: self.metrics,
+            verify: self.verify,
         })
     }
 }
@@ -391,6 +396,13 @@ impl Config {
         }
         if let Some(e) = self.sqlite_directory_problem() {
             out.push(e);
+        }
+        if let Some(group) = self.verify.as_ref().and_then(|v| v.socket_group.as_deref()) {
+            match crate::sys::ids::group_id(group) {
+                Ok(Some(_)) => {}
+                Ok(None) => out.push(format!("verify.socket_group: no group named {group:?} on this system")),
+                Err(e) => out.push(format!("verify.socket_group: cannot look up {group:?}: {e}")),
+            }
         }
         out
     }

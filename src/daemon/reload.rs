@@ -102,6 +102,7 @@ async fn apply(state: &Arc<DaemonState>, new: Config) -> ReloadOutcome {
     // The swap: the new configuration is in force for every run started from
     // here on; the scheduler is then brought in line with it.
     let level = new.daemon.log_level;
+    let verify_changed = old.verify != new.verify || old.keys != new.keys;
     state.swap_config(new);
     state.telemetry.set_level(level);
     for name in to_unschedule {
@@ -114,6 +115,9 @@ async fn apply(state: &Arc<DaemonState>, new: Config) -> ReloadOutcome {
         state.restart_services(|spec| restart.contains(&spec.name)).await;
     }
     state.restart_metrics().await;
+    if verify_changed {
+        state.restart_verify().await;
+    }
     ReloadOutcome::Applied { changes }
 }
 
@@ -192,6 +196,14 @@ fn section_changes(old: &Config, new: &Config) -> Vec<String> {
     }
     if old.daemon.host_name != new.daemon.host_name {
         changes.push("daemon.host_name changed".to_string());
+    }
+    if old.verify != new.verify {
+        changes.push(match &new.verify {
+            Some(_) => {
+                "verify: settings changed; the verification service restarts (its cache starts empty)".to_string()
+            }
+            None => "verify: removed; the verification service stops".to_string(),
+        });
     }
     if old.permissions != new.permissions {
         changes.push("permissions: policy changed; the watcher restarts with a full rescan".to_string());

@@ -61,6 +61,8 @@ pub struct DaemonState {
     pub counters: Arc<JobCounters>,
     /// The metrics task ([`crate::metrics::exporter`]), when `[metrics]` is set.
     metrics: tokio::sync::Mutex<Option<(CancellationToken, tokio::task::JoinHandle<()>)>>,
+    /// The verification service ([`crate::verify`]), when `[verify]` is set.
+    verify: tokio::sync::Mutex<Option<(CancellationToken, tokio::task::JoinHandle<()>)>>,
 }
 
 impl DaemonState {
@@ -89,6 +91,7 @@ impl DaemonState {
             services: tokio::sync::Mutex::new(HashMap::new()),
             counters: Arc::default(),
             metrics: tokio::sync::Mutex::new(None),
+            verify: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -106,6 +109,25 @@ impl DaemonState {
         }
         let token = self.stop.child_token();
         let task = crate::metrics::exporter::run(self.database.clone(), config, self.counters.clone(), token.clone());
+        *slot = Some((token, self.tracker.spawn(task)));
+    }
+
+    /// Stops the verification service and starts it again with the
+    /// configuration in force (at start, and after a reload that changed
+    /// `[verify]` or `[keys]`); it finishes its requests and records its
+    /// pending usage before the new one binds the socket.
+    pub async fn restart_verify(&self) {
+        let mut slot = self.verify.lock().await;
+        if let Some((token, handle)) = slot.take() {
+            token.cancel();
+            let _ = handle.await;
+        }
+        let config = self.config();
+        if config.verify.is_none() || self.stop.is_cancelled() {
+            return;
+        }
+        let token = self.stop.child_token();
+        let task = crate::verify::run(self.database.clone(), config, token.clone());
         *slot = Some((token, self.tracker.spawn(task)));
     }
 

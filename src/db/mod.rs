@@ -11,6 +11,7 @@
 //! Imports: telemetry, config.
 
 pub mod holder;
+pub mod listen;
 pub mod lock;
 pub mod migrate;
 pub mod postgres;
@@ -249,6 +250,14 @@ impl Database {
         }
     }
 
+    /// Which backend the URL names.
+    pub fn backend(&self) -> Backend {
+        match self.url {
+            DatabaseUrl::Postgres(_) => Backend::Postgres,
+            DatabaseUrl::Sqlite(_) => Backend::Sqlite,
+        }
+    }
+
     /// The URL with any password redacted; safe to log.
     pub fn describe(&self) -> String {
         self.url.to_string()
@@ -295,7 +304,7 @@ impl Database {
     /// quote in it is never re-encoded into text that libpq would decode
     /// again or quote back in an error), timeouts and the application name
     /// added. It is a `Secret` because it holds the password.
-    fn postgres_connection_string(&self, url: &url::Url) -> Secret {
+    pub(crate) fn postgres_connection_string(&self, url: &url::Url) -> Secret {
         let mut pairs: Vec<(String, String)> = Vec::new();
         if let Some(host) = url.host_str() {
             let host = host.trim_start_matches('[').trim_end_matches(']');

@@ -53,6 +53,23 @@ pub struct VerifiedKey {
     pub expires_at: NaiveDateTime,
 }
 
+impl VerifiedKey {
+    /// The answer for a key whose checks passed.
+    pub fn of(key: &ApiKey) -> VerifiedKey {
+        VerifiedKey {
+            key_id: key.id,
+            prefix: key.prefix.clone(),
+            owner_id: key.owner_id,
+            name: key.name.clone(),
+            scopes: key.scope_list(),
+            grace_ends_at: (key.status == status::ROTATING)
+                .then_some(key.grace_period_ends_at)
+                .flatten(),
+            expires_at: key.expires_at,
+        }
+    }
+}
+
 /// Why a key was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "reason", content = "detail", rename_all = "snake_case")]
@@ -109,10 +126,22 @@ impl KeyService {
         presented: &str,
         req: &VerifyRequest<'_>,
     ) -> Result<VerifyOutcome, KeyError> {
+        self.verify_keeping_row(conn, presented, req)
+            .map(|(outcome, _)| outcome)
+    }
+
+    /// [`Self::verify`], also returning the key's row when it verified (with
+    /// its owner active): what a cache of successful verifications keeps.
+    pub fn verify_keeping_row(
+        &self,
+        conn: &mut DbConnection,
+        presented: &str,
+        req: &VerifyRequest<'_>,
+    ) -> Result<(VerifyOutcome, Option<ApiKey>), KeyError> {
         let started = std::time::Instant::now();
         let parsed = match format::parse(presented) {
             Ok(p) => p,
-            Err(e) => return Ok(VerifyOutcome::Refused(e.into())),
+            Err(e) => return Ok((VerifyOutcome::Refused(e.into()), None)),
         };
         let row: Option<(ApiKey, String)> = api_keys::table
             .inner_join(users::table)
@@ -133,7 +162,7 @@ impl KeyService {
             let argon = argon.elapsed();
             self.record_failure(conn, None, parsed.prefix, &Refusal::UnknownKey, ip.as_deref(), req, now)?;
             self.end_refusal(started, argon);
-            return Ok(VerifyOutcome::Refused(Refusal::UnknownKey));
+            return Ok((VerifyOutcome::Refused(Refusal::UnknownKey), None));
         };
         let argon = std::time::Instant::now();
         let secret_ok = self.hasher.verify(parsed.secret(), &key.key_hash);
@@ -148,7 +177,7 @@ impl KeyService {
         if let Some(refusal) = refusal {
             self.record_failure(conn, Some(key.id), &key.prefix, &refusal, ip.as_deref(), req, now)?;
             self.end_refusal(started, argon);
-            return Ok(VerifyOutcome::Refused(refusal));
+            return Ok((VerifyOutcome::Refused(refusal), None));
         }
         // A hash made at another cost than the configured one is replaced
         // now that the secret is known to be right (hashed before the
@@ -159,17 +188,11 @@ impl KeyService {
             None
         };
         self.record_use(conn, &key, rehashed.as_deref(), ip.as_deref(), req, now)?;
-        Ok(VerifyOutcome::Valid(VerifiedKey {
-            key_id: key.id,
-            prefix: key.prefix.clone(),
-            owner_id: key.owner_id,
-            name: key.name.clone(),
-            scopes: key.scope_list(),
-            grace_ends_at: (key.status == status::ROTATING)
-                .then_some(key.grace_period_ends_at)
-                .flatten(),
-            expires_at: key.expires_at,
-        }))
+        let mut key = key;
+        if let Some(h) = rehashed {
+            key.key_hash = h;
+        }
+        Ok((VerifyOutcome::Valid(VerifiedKey::of(&key)), Some(key)))
     }
 
     /// A valid key's use: counted, its hash replaced when made at another
@@ -297,10 +320,8 @@ fn insert_event(
     req: &VerifyRequest<'_>,
     now: NaiveDateTime,
 ) -> Result<(), KeyError> {
-    // Bound what callers pass through to the audit trail.
-    let clip = |s: Option<&str>| s.map(|v| v.chars().filter(|c| !c.is_control()).take(500).collect::<String>());
-    let user_agent = clip(req.user_agent);
-    let endpoint = clip(req.endpoint);
+    let user_agent = clip_for_audit(req.user_agent);
+    let endpoint = clip_for_audit(req.endpoint);
     let row = NewKeyEvent {
         key_id,
         prefix,
@@ -388,4 +409,99 @@ fn restriction_refusal(key: &ApiKey, req: &VerifyRequest<'_>) -> Option<Refusal>
             .find(|s| !scopes.iter().any(|have| have == *s))
             .map(|s| Refusal::MissingScope(s.to_string())),
     }
+}
+
+/// Bounds what callers pass through to the audit trail: 500 characters,
+/// no control characters.
+pub fn clip_for_audit(value: Option<&str>) -> Option<String> {
+    value.map(|v| v.chars().filter(|c| !c.is_control()).take(500).collect())
+}
+
+/// A verification answered from a cache of earlier successes, recorded
+/// afterwards in a batch ([`record_deferred`]): the rows
+/// [`KeyService::verify`] writes for the same answer.
+#[derive(Debug, Clone)]
+pub struct DeferredUse {
+    pub key_id: i64,
+    pub prefix: String,
+    /// `None` for a success (counted, a `used` event); a refusal writes its
+    /// `verify_failed` event.
+    pub refusal: Option<Refusal>,
+    pub ip: Option<String>,
+    /// Already clipped ([`clip_for_audit`]).
+    pub user_agent: Option<String>,
+    pub endpoint: Option<String>,
+    pub actor: String,
+    pub at: NaiveDateTime,
+}
+
+/// Records a batch of [`DeferredUse`] in one transaction: each key's usage
+/// count grows by its successes (`usage_count + n`, never read), its
+/// `last_used_at` moves forward only, and every use gets its event row.
+pub fn record_deferred(conn: &mut DbConnection, uses: &[DeferredUse]) -> Result<(), KeyError> {
+    use std::collections::BTreeMap;
+    let mut per_key: BTreeMap<i64, (i64, NaiveDateTime)> = BTreeMap::new();
+    for u in uses.iter().filter(|u| u.refusal.is_none()) {
+        let entry = per_key.entry(u.key_id).or_insert((0, u.at));
+        entry.0 += 1;
+        entry.1 = entry.1.max(u.at);
+    }
+    let reasons: Vec<Option<String>> = uses
+        .iter()
+        .map(|u| u.refusal.as_ref().map(Refusal::as_reason))
+        .collect();
+    conn.write_transaction::<_, KeyError, _>(|conn| {
+        for (id, (n, last)) in &per_key {
+            diesel::update(api_keys::table.find(*id))
+                .set(api_keys::usage_count.eq(api_keys::usage_count + *n))
+                .execute(conn)?;
+            diesel::update(api_keys::table.find(*id))
+                .filter(api_keys::last_used_at.is_null().or(api_keys::last_used_at.lt(*last)))
+                .set(api_keys::last_used_at.eq(Some(*last)))
+                .execute(conn)?;
+        }
+        let rows: Vec<NewKeyEvent<'_>> = uses
+            .iter()
+            .zip(&reasons)
+            .map(|(u, reason)| NewKeyEvent {
+                key_id: Some(u.key_id),
+                prefix: &u.prefix,
+                event: if u.refusal.is_none() {
+                    event::USED
+                } else {
+                    event::VERIFY_FAILED
+                },
+                reason: reason.as_deref(),
+                actor: &u.actor,
+                ip: u.ip.as_deref(),
+                user_agent: u.user_agent.as_deref(),
+                endpoint: u.endpoint.as_deref(),
+                created_at: u.at,
+            })
+            .collect();
+        // Nine columns a row: chunks stay under SQLite's bound-parameter limit.
+        for chunk in rows.chunks(2000) {
+            crate::on_backend!(conn, c => diesel::insert_into(crate::db::schema::api_key_events::table)
+                .values(chunk)
+                .execute(c))?;
+        }
+        Ok(())
+    })
+}
+
+/// A remembered key's checks that depend on the moment and the request,
+/// in [`KeyService::verify`]'s order: `None` when the remembered answer
+/// cannot be reused (the key may have expired or its grace ended; the
+/// caller verifies in full, which records the transition), else the
+/// outcome.
+pub fn recheck_remembered(key: &ApiKey, req: &VerifyRequest<'_>, now: NaiveDateTime) -> Option<VerifyOutcome> {
+    match key.status.as_str() {
+        status::ACTIVE if key.expires_at > now => {}
+        status::ROTATING if key.grace_period_ends_at.is_some_and(|g| g > now) && key.expires_at > now => {}
+        _ => return None,
+    }
+    Some(match restriction_refusal(key, req) {
+        Some(refusal) => VerifyOutcome::Refused(refusal),
+        None => VerifyOutcome::Valid(VerifiedKey::of(key)),
+    })
 }
