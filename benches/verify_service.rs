@@ -57,6 +57,14 @@ impl Caller {
             "POST /v1/verify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
+        self.exchange(&req)
+    }
+
+    fn get(&mut self, path: &str) -> String {
+        self.exchange(&format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n"))
+    }
+
+    fn exchange(&mut self, req: &str) -> String {
         self.stream.get_mut().write_all(req.as_bytes()).unwrap();
         let mut length = 0usize;
         let mut line = String::new();
@@ -108,6 +116,15 @@ fn stop_daemon(mut child: Child) -> u64 {
     hwm
 }
 
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
 fn peak_rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
@@ -145,6 +162,26 @@ fn write_config(dir: &Path, name: &str, url: &str, socket: &Path, ttl: &str) -> 
     )
     .unwrap();
     path
+}
+
+/// CPU seconds (user + system) `pid` has used.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// The machine's busy and idle CPU seconds (all cores) from /proc/stat.
+fn machine_cpu() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let line = stat.lines().next().unwrap_or_default();
+    let v: Vec<f64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    let idle = v.get(3).copied().unwrap_or(0.0) + v.get(4).copied().unwrap_or(0.0);
+    let total: f64 = v.iter().take(8).sum();
+    ((total - idle) / 100.0, idle / 100.0)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -240,6 +277,7 @@ fn main() {
         }
         let cold_one = n as f64 / started.elapsed().as_secs_f64();
         let raw_two = rate(2, n, |_| assert!(hasher.verify(secret, &phc)));
+        let (daemon_before, machine_before) = (cpu_secs(cold.id()), machine_cpu());
         let cold_two = rate(2, n, |_| {
             thread_local!(static C: std::cell::RefCell<Option<Caller>> = const { std::cell::RefCell::new(None) });
             C.with(|c| {
@@ -249,6 +287,13 @@ fn main() {
                 assert!(a.contains("\"valid\""), "{a}");
             })
         });
+        let daemon_cpu = (cpu_secs(cold.id()) - daemon_before) / (2 * n) as f64 * 1e3;
+        let machine_after = machine_cpu();
+        println!(
+            "round {round}: two at once: the daemon spent {daemon_cpu:.2} ms of CPU per verification; the machine {:.2} s busy, {:.2} s idle",
+            machine_after.0 - machine_before.0,
+            machine_after.1 - machine_before.1
+        );
         println!(
             "round {round}: one caller: raw Argon2 {:.2} ms, cold over the socket {:.2} ms ({:.3}x); two at once: raw {:.1}/s, cold {:.1}/s ({:.3}x)",
             1000.0 / raw_one,
@@ -282,7 +327,26 @@ fn main() {
     assert!(warm.verify(&body).contains("\"cached\":true"));
     let deadline = Instant::now() + Duration::from_secs(hot_secs);
     let started = Instant::now();
+    let watched = std::sync::atomic::AtomicBool::new(true);
+    let (max_pending, max_rss) = (
+        std::sync::atomic::AtomicU64::new(0),
+        std::sync::atomic::AtomicU64::new(0),
+    );
     let per_caller: Vec<Vec<f64>> = std::thread::scope(|s| {
+        // The daemon's pending uses and resident memory, twice a second.
+        s.spawn(|| {
+            let mut c = Caller::connect(&sock_a);
+            while watched.load(std::sync::atomic::Ordering::Relaxed) {
+                let h = c.get("/v1/health");
+                let v: serde_json::Value = serde_json::from_str(&h).unwrap_or_default();
+                max_pending.fetch_max(
+                    v["pending_uses"].as_u64().unwrap_or(0),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                max_rss.fetch_max(rss_kib(a.id()), std::sync::atomic::Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        });
         let handles: Vec<_> = (0..callers)
             .map(|_| {
                 let body = &body;
@@ -300,8 +364,15 @@ fn main() {
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
+        let lat = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        watched.store(false, std::sync::atomic::Ordering::Relaxed);
+        lat
     });
+    println!(
+        "hot: at most {} uses were waiting to be written; resident memory at most {} MiB",
+        max_pending.into_inner(),
+        max_rss.into_inner() / 1024
+    );
     let elapsed = started.elapsed().as_secs_f64();
     let mut all: Vec<f64> = per_caller.into_iter().flatten().collect();
     let count = all.len();

@@ -191,6 +191,7 @@ fn route(app: &App, req: &Request, peer: IpAddr) -> (u16, serde_json::Value) {
                 user_agent: None,
                 endpoint: Some("/whoami"),
                 actor: "example:key_service",
+                defer: None,
             };
             match app.keys.verify(&mut conn, presented, &request) {
                 Ok(VerifyOutcome::Valid(key)) => (

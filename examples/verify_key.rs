@@ -36,6 +36,8 @@ fn main() -> anyhow::Result<()> {
         user_agent: Some("verify_key example"),
         endpoint: Some("/example"),
         actor: "example-service",
+        // Rows written before the answer returns.
+        defer: None,
     };
     match keys.verify(&mut conn, presented.trim(), &request)? {
         VerifyOutcome::Valid(key) => {

@@ -114,6 +114,7 @@ fn an_unreadable_allow_list_or_scope_list_refuses_the_key(backend: Backend) {
         user_agent: None,
         endpoint: None,
         actor: "svc",
+        defer: None,
     };
     let inside = VerifyRequest {
         ip: "10.9.9.9".parse().ok(),
@@ -516,6 +517,7 @@ fn verify_outcomes_through_the_library(backend: Backend) {
         user_agent: Some("curl/8"),
         endpoint: Some("/v1/users"),
         actor: "svc",
+        defer: None,
     };
 
     match verify(&svc, &mut conn, &key, &req) {
@@ -596,6 +598,7 @@ fn verify_outcomes_through_the_library(backend: Backend) {
         user_agent: None,
         endpoint: None,
         actor: "svc",
+        defer: None,
     };
     let rotation = svc.rotate(&mut conn, &issued.key.prefix, None, "t").unwrap();
     match verify(&svc, &mut conn, issued.full_key.expose(), &open) {
@@ -648,6 +651,7 @@ fn usage_count_is_exact_under_concurrent_verifies(backend: Backend) {
                     user_agent: None,
                     endpoint: None,
                     actor: "load",
+                    defer: None,
                 };
                 for _ in 0..per_thread {
                     assert!(matches!(

@@ -408,6 +408,7 @@ fn verify(
         user_agent: None,
         endpoint: None,
         actor: &actor,
+        defer: None,
     };
     let outcome = match service.verify(conn, presented.expose(), &req) {
         Ok(outcome) => outcome,

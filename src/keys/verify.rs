@@ -37,6 +37,21 @@ pub struct VerifyRequest<'a> {
     pub endpoint: Option<&'a str>,
     /// Recorded as the actor of audit rows (the service's name).
     pub actor: &'a str,
+    /// Where the rows of this answer go instead of being written now (a
+    /// service that writes them in batches); `None`: written before the
+    /// answer is returned.
+    pub defer: Option<Deferral<'a>>,
+}
+
+/// Takes the record of an answer to be written later ([`record_deferred`]);
+/// returns `false` when it cannot, and the rows are written at once.
+#[derive(Clone, Copy)]
+pub struct Deferral<'a>(pub &'a (dyn Fn(DeferredUse) -> bool + Sync));
+
+impl std::fmt::Debug for Deferral<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Deferral")
+    }
 }
 
 /// A key that verified.
@@ -206,6 +221,9 @@ impl KeyService {
         req: &VerifyRequest<'_>,
         now: NaiveDateTime,
     ) -> Result<(), KeyError> {
+        if rehashed.is_none() && self.deferred(Some(key.id), &key.prefix, None, req, now) {
+            return Ok(());
+        }
         conn.write_transaction::<_, KeyError, _>(|conn| {
             diesel::update(api_keys::table.find(key.id))
                 .set((
@@ -296,6 +314,9 @@ impl KeyService {
         req: &VerifyRequest<'_>,
         now: NaiveDateTime,
     ) -> Result<(), KeyError> {
+        if self.deferred(key_id, prefix, Some(refusal), req, now) {
+            return Ok(());
+        }
         insert_event(
             conn,
             key_id,
@@ -306,6 +327,31 @@ impl KeyService {
             req,
             now,
         )
+    }
+}
+
+impl KeyService {
+    /// Hands the record of an answer to the request's deferral, if it has
+    /// one that takes it.
+    fn deferred(
+        &self,
+        key_id: Option<i64>,
+        prefix: &str,
+        refusal: Option<&Refusal>,
+        req: &VerifyRequest<'_>,
+        now: NaiveDateTime,
+    ) -> bool {
+        let Some(Deferral(take)) = req.defer else { return false };
+        take(DeferredUse {
+            key_id,
+            prefix: prefix.into(),
+            refusal: refusal.cloned(),
+            ip: req.ip,
+            user_agent: clip_for_audit(req.user_agent),
+            endpoint: clip_for_audit(req.endpoint),
+            actor: req.actor.into(),
+            at: now,
+        })
     }
 }
 
@@ -422,16 +468,17 @@ pub fn clip_for_audit(value: Option<&str>) -> Option<String> {
 /// [`KeyService::verify`] writes for the same answer.
 #[derive(Debug, Clone)]
 pub struct DeferredUse {
-    pub key_id: i64,
-    pub prefix: String,
+    /// `None` for a prefix no key has.
+    pub key_id: Option<i64>,
+    pub prefix: std::sync::Arc<str>,
     /// `None` for a success (counted, a `used` event); a refusal writes its
     /// `verify_failed` event.
     pub refusal: Option<Refusal>,
-    pub ip: Option<String>,
+    pub ip: Option<IpAddr>,
     /// Already clipped ([`clip_for_audit`]).
     pub user_agent: Option<String>,
     pub endpoint: Option<String>,
-    pub actor: String,
+    pub actor: std::sync::Arc<str>,
     pub at: NaiveDateTime,
 }
 
@@ -441,8 +488,12 @@ pub struct DeferredUse {
 pub fn record_deferred(conn: &mut DbConnection, uses: &[DeferredUse]) -> Result<(), KeyError> {
     use std::collections::BTreeMap;
     let mut per_key: BTreeMap<i64, (i64, NaiveDateTime)> = BTreeMap::new();
-    for u in uses.iter().filter(|u| u.refusal.is_none()) {
-        let entry = per_key.entry(u.key_id).or_insert((0, u.at));
+    for (id, u) in uses
+        .iter()
+        .filter(|u| u.refusal.is_none())
+        .filter_map(|u| Some((u.key_id?, u)))
+    {
+        let entry = per_key.entry(id).or_insert((0, u.at));
         entry.0 += 1;
         entry.1 = entry.1.max(u.at);
     }
@@ -450,6 +501,7 @@ pub fn record_deferred(conn: &mut DbConnection, uses: &[DeferredUse]) -> Result<
         .iter()
         .map(|u| u.refusal.as_ref().map(Refusal::as_reason))
         .collect();
+    let ips: Vec<Option<String>> = uses.iter().map(|u| u.ip.map(|i| i.to_string())).collect();
     conn.write_transaction::<_, KeyError, _>(|conn| {
         for (id, (n, last)) in &per_key {
             diesel::update(api_keys::table.find(*id))
@@ -462,9 +514,9 @@ pub fn record_deferred(conn: &mut DbConnection, uses: &[DeferredUse]) -> Result<
         }
         let rows: Vec<NewKeyEvent<'_>> = uses
             .iter()
-            .zip(&reasons)
-            .map(|(u, reason)| NewKeyEvent {
-                key_id: Some(u.key_id),
+            .zip(reasons.iter().zip(&ips))
+            .map(|(u, (reason, ip))| NewKeyEvent {
+                key_id: u.key_id,
                 prefix: &u.prefix,
                 event: if u.refusal.is_none() {
                     event::USED
@@ -473,14 +525,16 @@ pub fn record_deferred(conn: &mut DbConnection, uses: &[DeferredUse]) -> Result<
                 },
                 reason: reason.as_deref(),
                 actor: &u.actor,
-                ip: u.ip.as_deref(),
+                ip: ip.as_deref(),
                 user_agent: u.user_agent.as_deref(),
                 endpoint: u.endpoint.as_deref(),
                 created_at: u.at,
             })
             .collect();
-        // Nine columns a row: chunks stay under SQLite's bound-parameter limit.
-        for chunk in rows.chunks(2000) {
+        // Nine columns a row: chunks stay well under SQLite's bound-parameter
+        // limit, and small enough that a busy service's batches do not
+        // hold many megabytes of statement at once.
+        for chunk in rows.chunks(500) {
             crate::on_backend!(conn, c => diesel::insert_into(crate::db::schema::api_key_events::table)
                 .values(chunk)
                 .execute(c))?;

@@ -36,6 +36,8 @@ pub type Fingerprint = [u8; 32];
 #[derive(Clone)]
 pub struct Entry {
     pub key: ApiKey,
+    /// The key's prefix, shared by the records of its uses.
+    pub prefix: std::sync::Arc<str>,
     /// When it verified with Argon2.
     pub verified_at: Instant,
     /// SQLite: the `data_version` its row was last read at; PostgreSQL: the
@@ -134,6 +136,7 @@ impl Cache {
         entries.insert(
             fp,
             Entry {
+                prefix: key.prefix.as_str().into(),
                 key,
                 verified_at: Instant::now(),
                 version,

@@ -48,6 +48,11 @@ impl UsageLog {
         true
     }
 
+    /// Uses waiting to be written.
+    pub fn pending(&self) -> usize {
+        self.pending.lock().map(|p| p.len()).unwrap_or(0)
+    }
+
     /// Whether another use can be queued.
     pub fn has_room(&self) -> bool {
         self.pending.lock().map(|p| p.len() < MAX_PENDING).unwrap_or(false)

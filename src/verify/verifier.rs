@@ -12,7 +12,7 @@ use super::cache::Cache;
 use super::freshness::ChangeCounter;
 use super::usage::UsageLog;
 use crate::db::{Backend, Database, DbConnection, DbError};
-use crate::keys::verify::{clip_for_audit, recheck_remembered, DeferredUse};
+use crate::keys::verify::{clip_for_audit, recheck_remembered, Deferral, DeferredUse};
 use crate::keys::{KeyError, KeyService, Refusal, VerifyOutcome, VerifyRequest};
 
 /// What a client asks.
@@ -50,7 +50,7 @@ pub struct Verifier {
     database: Database,
     pool: Mutex<Vec<DbConnection>>,
     workers: Arc<Semaphore>,
-    actor: String,
+    actor: Arc<str>,
 }
 
 impl Verifier {
@@ -71,7 +71,7 @@ impl Verifier {
             database,
             pool: Mutex::new(Vec::new()),
             workers: Arc::new(Semaphore::new(workers)),
-            actor,
+            actor: actor.into(),
         }
     }
 
@@ -110,6 +110,7 @@ impl Verifier {
             user_agent: q.user_agent.as_deref(),
             endpoint: q.endpoint.as_deref(),
             actor: &self.actor,
+            defer: None,
         };
         let now = crate::db::now();
         let outcome = recheck_remembered(&entry.key, &req, now)?;
@@ -118,10 +119,10 @@ impl Verifier {
             VerifyOutcome::Refused(r) => Some(r.clone()),
         };
         let queued = self.usage.push(DeferredUse {
-            key_id: entry.key.id,
-            prefix: entry.key.prefix.clone(),
+            key_id: Some(entry.key.id),
+            prefix: entry.prefix.clone(),
             refusal,
-            ip: q.ip.map(|i| i.to_string()),
+            ip: q.ip,
             user_agent: clip_for_audit(q.user_agent.as_deref()),
             endpoint: clip_for_audit(q.endpoint.as_deref()),
             actor: self.actor.clone(),
@@ -161,12 +162,16 @@ impl Verifier {
         };
         let mut conn = self.connection()?;
         let scopes: Vec<&str> = q.scopes.iter().map(String::as_str).collect();
+        // The answer's rows join the batches of remembered answers: no
+        // commit waits between Argon2 and the answer.
+        let later = |u: DeferredUse| self.usage.push(u);
         let req = VerifyRequest {
             ip: q.ip,
             required_scopes: &scopes,
             user_agent: q.user_agent.as_deref(),
             endpoint: q.endpoint.as_deref(),
             actor: &self.actor,
+            defer: Some(Deferral(&later)),
         };
         let verified = self.service.verify_keeping_row(&mut conn, q.key.expose(), &req);
         let (outcome, row) = match verified {
