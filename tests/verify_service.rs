@@ -240,8 +240,24 @@ fn bad_requests_get_clear_answers(backend: Backend) {
     let db = TestDb::new(backend);
     let _conn = db.conn();
     let socket = db.path().join("verify.sock");
-    let cfg = service_config(&db, "v.toml", &socket);
+    let port = free_port();
+    let cfg = db.write_config(
+        "v.toml",
+        &format!(
+            "[verify]\nsocket = \"{}\"\nlisten = \"127.0.0.1:{port}\"\nmax_body = 4096\n",
+            socket.display()
+        ),
+    );
     let daemon = start(&cfg, &socket);
+    // The loopback address answers the same API.
+    let (status, _, health) = http_tcp(port, "GET", "/v1/health", &[], "");
+    assert_eq!((status, health["status"].as_str()), (200, Some("ok")), "{health}");
+    let (status, _, answer) = http_tcp(port, "POST", "/v1/verify", &[], r#"{"key": "nope"}"#);
+    assert_eq!(
+        (status, answer["reason"].as_str()),
+        (200, Some("malformed")),
+        "{answer}"
+    );
     let cases: Vec<(&str, Vec<u8>, u16)> = vec![
         ("application/json", b"{not json".to_vec(), 400),
         (
@@ -309,6 +325,14 @@ fn bad_requests_get_clear_answers(backend: Backend) {
         assert!(text.contains("\"malformed\""), "{text}");
     }
     drop(idle);
+    let wide = db.write_config("wide.toml", "[verify]\nlisten = \"0.0.0.0:8731\"\n");
+    let checked = keywarden(&wide, &["check-config"]);
+    let text = String::from_utf8_lossy(&checked.stderr);
+    assert_eq!(checked.status.code(), Some(78), "{text}");
+    assert!(
+        text.contains("verify.listen must be a loopback address") && text.contains("wide.toml:"),
+        "{text}"
+    );
     let log = stop(daemon);
     assert!(!log.contains(&"a".repeat(100)), "a request body reached the log");
 }
