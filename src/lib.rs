@@ -7,7 +7,7 @@
 //! # Layout
 //!
 //! Floors from the top; a module imports only modules below it:
-//! `cli` → `daemon` → `verify` → `metrics` → `jobs` → the domains (`acme`, `perms`, then `notify`,
+//! `cli` → `daemon` → `verify` → `metrics` → `jobs` → the domains (`acme`, `perms`, `leaks`, then `notify`,
 //! then `keys`) → `db` → `telemetry` → `config` → `sys`. Each module's doc
 //! lists what it imports in one line.
 //!
@@ -20,6 +20,7 @@
 //! | [`jobs`] | the job registry, the run wrapper, one module per job; loads the configuration with the registry's jobs ([`jobs::load_config`]) |
 //! | [`acme`] | certificates: ACME issuance and renewal, monitoring |
 //! | [`perms`] | permission drift: policy, scanner, watcher, safe remediation |
+//! | [`leaks`] | live keys found in files: scanned on write and on schedule, confirmed, revoked, reported |
 //! | [`notify`] | expiry emails: outbox, templates, delivery, admin alerts |
 //! | [`keys`] | the API-key domain |
 //! | [`db`] | connections for both backends, schema, embedded migrations, job locks |
@@ -50,6 +51,7 @@ pub mod daemon;
 pub mod db;
 pub mod jobs;
 pub mod keys;
+pub mod leaks;
 pub mod metrics;
 pub mod notify;
 pub mod perms;

@@ -144,9 +144,10 @@ pub mod message_ids {
     pub const CERT_RENEWAL_FAILED: &str = "c7e2d9a14b3f4e8d9a6b5c1d2e3f4a5b";
     pub const CERT_DEPLOY_FAILED: &str = "99d221aae2d74c7d818725a28990d45d";
     pub const CERT_STALE: &str = "60de8873b2bc40acbf6726aaa853d36e";
+    pub const LEAKED_KEY: &str = "5b1f0c3e8a7d4e29b6c2f4a9d8e1b370";
 
     /// Every id, for the catalog's test.
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 17] = [
         STARTED,
         STOPPED,
         RELOAD_APPLIED,
@@ -163,6 +164,7 @@ pub mod message_ids {
         CERT_RENEWAL_FAILED,
         CERT_DEPLOY_FAILED,
         CERT_STALE,
+        LEAKED_KEY,
     ];
 }
 

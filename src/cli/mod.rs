@@ -7,7 +7,7 @@
 //! | 0 | success |
 //! | 1 | failure at run time (database unreachable, job failed) |
 //! | 2 | bad command line |
-//! | 3 | `perms scan`: a path violates the permission policy |
+//! | 3 | `perms scan`: a path violates the permission policy; `leaks scan`: a live key was found |
 //! | 75 | `jobs run`: skipped, another process holds the job's lock (EX_TEMPFAIL) |
 //! | 78 | bad configuration or unreadable secret (EX_CONFIG) |
 //! | 128+n | the daemon was stopped by a second signal n while waiting for jobs |
@@ -21,6 +21,7 @@ pub mod check_config;
 pub mod docs;
 pub mod jobs;
 pub mod keys;
+pub mod leaks;
 pub mod metrics;
 pub mod migrate;
 pub mod notifications;
@@ -48,7 +49,7 @@ Exit codes:
   0    success
   1    failure at run time (database unreachable, job failed)
   2    bad command line
-  3    perms scan: a path violates the permission policy
+  3    perms scan: a path violates the permission policy; leaks scan: a live key was found
   75   jobs run: skipped because another process holds the job's lock
   78   bad configuration or unreadable secret
   128+n  run: stopped by a second signal n while waiting for jobs
@@ -91,6 +92,9 @@ pub enum Command {
     /// Permission drift: one-shot audit and recorded events
     #[command(subcommand)]
     Perms(perms::PermsCommand),
+    /// Leaked keys: scan files for live keys once, list what was found
+    #[command(subcommand)]
+    Leaks(leaks::LeaksCommand),
     /// Print a shell completion script
     Completions {
         #[arg(value_enum)]
@@ -131,6 +135,7 @@ impl Command {
             ),
             Command::Notifications(c) => matches!(c, notifications::NotificationsCommand::List { .. }),
             Command::Perms(c) => matches!(c, perms::PermsCommand::Events { .. }),
+            Command::Leaks(c) => matches!(c, leaks::LeaksCommand::List { .. }),
             Command::Certs(c) => matches!(c, certs::CertsCommand::List { .. }),
             Command::Run | Command::Migrate => false,
         }
@@ -170,6 +175,7 @@ pub fn main() -> ExitCode {
         Command::Keys(cmd) => keys::run(&path, cmd),
         Command::Notifications(cmd) => notifications::run(&path, cmd),
         Command::Perms(cmd) => perms::run(&path, cmd),
+        Command::Leaks(cmd) => leaks::run(&path, cmd),
         Command::Certs(cmd) => certs::run(&path, cmd),
         Command::Completions { shell } => docs::completions(shell),
         Command::Manpage => docs::manpage(),

@@ -126,6 +126,8 @@ struct Status {
     notifications: Option<std::collections::BTreeMap<String, i64>>,
     permissions: Option<DriftStatus>,
     certificates: Option<Vec<crate::acme::store::CertRow>>,
+    /// The last keys found in files (`[leaks]`), newest first.
+    leaked_keys: Option<Vec<String>>,
 }
 
 /// Open permission drift, per host, and the most recent events.
@@ -196,6 +198,11 @@ fn collect(config: &crate::config::Config, database: &crate::db::Database) -> Re
     let mut conn = database.connect().map_err(|e| e.to_string())?;
     let pending = migrate::pending(&mut conn).map_err(|e| e.to_string())?;
     let db_error = |e: diesel::result::Error| format!("database error: {}", crate::db::describe_error(&e));
+    let leaked_keys = if pending.is_empty() {
+        Some(super::leaks::status_lines(&mut conn))
+    } else {
+        None
+    };
     let (jobs, keys, notifications, permissions, certificates) = if pending.is_empty() {
         (
             collect_jobs(config, &mut conn).map_err(|e| e.to_string())?,
@@ -223,6 +230,7 @@ fn collect(config: &crate::config::Config, database: &crate::db::Database) -> Re
         notifications,
         permissions,
         certificates,
+        leaked_keys,
     })
 }
 
@@ -252,6 +260,16 @@ fn print_text(status: &Status) {
     }
     if let Some(certs) = &status.certificates {
         print_certificates(certs);
+    }
+    if let Some(found) = &status.leaked_keys {
+        println!();
+        println!("Leaked keys:");
+        if found.is_empty() {
+            println!("  none found in files");
+        }
+        for line in found {
+            println!("  {line}");
+        }
     }
 }
 

@@ -19,6 +19,7 @@ pub mod duration;
 mod errors;
 pub mod jobs;
 pub mod keys;
+pub mod leaks;
 pub mod metrics;
 pub mod notifications;
 pub mod permissions;
@@ -103,6 +104,7 @@ pub struct Config {
     pub monitors: Vec<acme::MonitorConfig>,
     pub metrics: Option<metrics::MetricsConfig>,
     pub verify: Option<verify::VerifyConfig>,
+    pub leaks: Option<leaks::LeaksConfig>,
 }
 
 /// The sections of one file as they are read, defaults where absent.
@@ -118,6 +120,7 @@ struct Sections {
     monitors: Vec<acme::MonitorConfig>,
     metrics: Option<metrics::MetricsConfig>,
     verify: Option<verify::VerifyConfig>,
+    leaks: Option<leaks::LeaksConfig>,
     /// Where the certificate sections are, for problems across them.
     certificates_at: std::ops::Range<usize>,
     jobs: BTreeMap<&'static str, JobSection>,
@@ -153,9 +156,10 @@ impl Sections {
             "jobs" => self.read_jobs(errors, value, checks),
             "metrics" => self.metrics = errors.checked(value),
             "verify" => self.verify = errors.checked(value),
+            "leaks" => self.leaks = errors.checked(value),
             other => errors.at(
                 key.span(),
-                format!("unknown section {other:?}; expected one of: daemon, database, keys, notifications, permissions, acme, certificates, monitor, metrics, verify, jobs"),
+                format!("unknown section {other:?}; expected one of: daemon, database, keys, notifications, permissions, acme, certificates, monitor, metrics, verify, leaks, jobs"),
             ),
         }
     }
@@ -261,6 +265,7 @@ impl Sections {
             monitors: self.monitors,
             metrics: self.metrics,
             verify: self.verify,
+            leaks: self.leaks,
         })
     }
 }

@@ -8,7 +8,7 @@
 //! no new runs, running jobs get `daemon.shutdown_timeout` to finish, and a
 //! second signal exits at once.
 //!
-//! Imports: verify, metrics, jobs, perms (the continuous watcher), db, telemetry,
+//! Imports: verify, metrics, jobs, leaks, perms (the continuous watcher), db, telemetry,
 //! config.
 
 pub mod notify;
@@ -76,6 +76,7 @@ where
     state.restart_services(|_| true).await;
     state.restart_metrics().await;
     state.restart_verify().await;
+    state.restart_leaks().await;
     // Work that failed before this start is retried on time.
     state.wake_for_retries(&state).await;
     notify::spawn_watchdog(stop.clone());

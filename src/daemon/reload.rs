@@ -103,6 +103,9 @@ async fn apply(state: &Arc<DaemonState>, new: Config) -> ReloadOutcome {
     // here on; the scheduler is then brought in line with it.
     let level = new.daemon.log_level;
     let verify_changed = old.verify != new.verify || old.keys != new.keys;
+    let leaks_changed = old.leaks != new.leaks
+        || old.keys != new.keys
+        || (new.leaks.is_some() && old.permissions.roots != new.permissions.roots);
     state.swap_config(new);
     state.telemetry.set_level(level);
     for name in to_unschedule {
@@ -117,6 +120,9 @@ async fn apply(state: &Arc<DaemonState>, new: Config) -> ReloadOutcome {
     state.restart_metrics().await;
     if verify_changed {
         state.restart_verify().await;
+    }
+    if leaks_changed {
+        state.restart_leaks().await;
     }
     ReloadOutcome::Applied { changes }
 }
@@ -203,6 +209,12 @@ fn section_changes(old: &Config, new: &Config) -> Vec<String> {
                 "verify: settings changed; the verification service restarts (its cache starts empty)".to_string()
             }
             None => "verify: removed; the verification service stops".to_string(),
+        });
+    }
+    if old.leaks != new.leaks {
+        changes.push(match &new.leaks {
+            Some(_) => "leaks: settings changed; the leak watcher restarts with a full scan".to_string(),
+            None => "leaks: removed; the leak watcher stops".to_string(),
         });
     }
     if old.permissions != new.permissions {

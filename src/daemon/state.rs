@@ -63,6 +63,8 @@ pub struct DaemonState {
     metrics: tokio::sync::Mutex<Option<(CancellationToken, tokio::task::JoinHandle<()>)>>,
     /// The verification service ([`crate::verify`]), when `[verify]` is set.
     verify: tokio::sync::Mutex<Option<(CancellationToken, tokio::task::JoinHandle<()>)>>,
+    /// The leak watcher ([`crate::leaks::watch`]), when `[leaks]` is set.
+    leaks: tokio::sync::Mutex<Option<(CancellationToken, tokio::task::JoinHandle<()>)>>,
 }
 
 impl DaemonState {
@@ -92,6 +94,7 @@ impl DaemonState {
             counters: Arc::default(),
             metrics: tokio::sync::Mutex::new(None),
             verify: tokio::sync::Mutex::new(None),
+            leaks: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -129,6 +132,30 @@ impl DaemonState {
         let token = self.stop.child_token();
         let task = crate::verify::run(self.database.clone(), config, token.clone());
         *slot = Some((token, self.tracker.spawn(task)));
+    }
+
+    /// Stops the leak watcher and starts it again with the configuration in
+    /// force (at start, and after a reload that changed `[leaks]`, the
+    /// permission roots it defaults to, or `[keys]`).
+    pub async fn restart_leaks(&self) {
+        let mut slot = self.leaks.lock().await;
+        if let Some((token, handle)) = slot.take() {
+            token.cancel();
+            let _ = handle.await;
+        }
+        let config = self.config();
+        if config.leaks.is_none() || self.stop.is_cancelled() {
+            return;
+        }
+        let token = self.stop.child_token();
+        let (database, stop) = (self.database.clone(), token.clone());
+        let handle = self.tracker.spawn_blocking(move || {
+            let run = std::panic::AssertUnwindSafe(|| crate::leaks::watch::run(database, config, stop));
+            if std::panic::catch_unwind(run).is_err() {
+                error!("leaks: the watcher panicked; it starts again at the next reload");
+            }
+        });
+        *slot = Some((token, handle));
     }
 
     /// Stops the services of the jobs `which` selects, and starts each again

@@ -85,6 +85,21 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    leak_findings (id) {
+        id -> BigInt,
+        key_id -> Nullable<BigInt>,
+        prefix -> Text,
+        path -> Text,
+        line -> BigInt,
+        host -> Text,
+        key_status -> Text,
+        action -> Text,
+        found_at -> Timestamp,
+    }
+}
+
+diesel::joinable!(leak_findings -> api_keys (key_id));
 diesel::joinable!(api_keys -> users (owner_id));
 diesel::joinable!(user_events -> users (user_id));
 diesel::joinable!(api_key_events -> api_keys (key_id));
@@ -95,7 +110,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     api_keys,
     api_key_events,
     notifications,
-    user_events
+    user_events,
+    leak_findings
 );
 
 diesel::table! {

@@ -227,3 +227,26 @@ pub fn read_dir(dir: &OwnedFd, mut each: impl FnMut(&[u8], io::Result<Inode>)) -
         each(bytes, inode);
     }
 }
+
+/// Opens the entry `name` of the open directory `parent` for reading,
+/// without following a symlink and without blocking on a FIFO or a device
+/// (the caller checks it is a regular file with `fstat`).
+pub fn open_file_child(parent: &OwnedFd, name: &[u8]) -> io::Result<std::fs::File> {
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a single path component",
+        ));
+    }
+    let c = cstring(name)?;
+    // SAFETY: `parent` is an open directory; `c` is NUL-terminated.
+    let fd = check(unsafe {
+        libc::openat(
+            parent.as_raw_fd(),
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    })?;
+    // SAFETY: the kernel returned a new descriptor that nobody else owns.
+    Ok(std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
