@@ -155,17 +155,23 @@ pub fn scan_once(
 ) -> Result<(Vec<Finding>, scan::Tally), KeyError> {
     let service = key_service(config)?;
     let mut tally = scan::Tally::default();
-    let mut found: Vec<(PathBuf, Vec<find::Candidate>)> = Vec::new();
-    let mut read_one = |path: &std::path::Path, file: &std::fs::File, tally: &mut scan::Tally| {
+    let found: std::sync::Mutex<Vec<(PathBuf, Vec<find::Candidate>)>> = std::sync::Mutex::new(Vec::new());
+    let read_tally = std::sync::Mutex::new(scan::Tally::default());
+    let read_one = |path: &std::path::Path, file: &std::fs::File| {
         let mut pos = find::Position::default();
         let mut candidates = Vec::new();
-        match scan::read_from(file, &mut pos, true, &mut candidates) {
-            Ok(Some(n)) => tally.bytes += n,
-            Ok(None) => tally.skipped_binary += 1,
-            Err(_) => tally.unreadable += 1,
+        let result = scan::read_from(file, &mut pos, true, &mut candidates);
+        if let Ok(mut t) = read_tally.lock() {
+            match result {
+                Ok(Some(n)) => t.bytes += n,
+                Ok(None) => t.skipped_binary += 1,
+                Err(_) => t.unreadable += 1,
+            }
         }
         if !candidates.is_empty() {
-            found.push((path.to_path_buf(), candidates));
+            if let Ok(mut f) = found.lock() {
+                f.push((path.to_path_buf(), candidates));
+            }
         }
     };
     let mut dirs = Vec::new();
@@ -186,7 +192,7 @@ pub fn scan_once(
                     {
                         Ok(file) => {
                             tally.files += 1;
-                            read_one(path, &file, &mut tally);
+                            read_one(path, &file);
                         }
                         Err(_) => tally.unreadable += 1,
                     }
@@ -195,22 +201,25 @@ pub fn scan_once(
             _ => tally.unreadable += 1,
         }
     }
-    let (mut walked, mut read) = (scan::Tally::default(), scan::Tally::default());
-    scan::walk(
+    let mut walked = scan::Tally::default();
+    scan::walk_parallel(
         &dirs,
         &settings.exclude,
         settings.max_file_size,
+        scan::default_threads(),
         &mut walked,
-        &mut |path, file, _, _| {
-            read_one(path, file, &mut read);
-        },
+        &|path, file, _, _| read_one(path, file),
     );
+    let read = read_tally.into_inner().unwrap_or_default();
     tally.files += walked.files;
     tally.bytes += read.bytes;
     tally.skipped_binary += read.skipped_binary;
     tally.skipped_large += walked.skipped_large;
     tally.excluded += walked.excluded;
     tally.unreadable += walked.unreadable + read.unreadable;
+    let mut found = found.into_inner().unwrap_or_default();
+    // Reported in path order, whatever thread read what.
+    found.sort_by(|a, b| a.0.cmp(&b.0));
     let mut findings = Vec::new();
     for (path, candidates) in &found {
         let mut verified = std::collections::HashSet::new();

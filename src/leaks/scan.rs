@@ -49,7 +49,27 @@ pub fn read_from(file: &File, pos: &mut Position, sniff: bool, out: &mut Vec<Can
         // Truncated (or replaced in place): read again from the start.
         *pos = Position::default();
     }
-    let mut buf = vec![0u8; TAIL + READ];
+    thread_local! {
+        // One read buffer a thread, not an allocation (and zeroing) a file.
+        static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    BUF.with(|cell| {
+        let mut buf = cell.borrow_mut();
+        if buf.len() < TAIL + READ {
+            buf.resize(TAIL + READ, 0);
+        }
+        read_into(file, pos, sniff, size, &mut buf, out)
+    })
+}
+
+fn read_into(
+    file: &File,
+    pos: &mut Position,
+    sniff: bool,
+    size: u64,
+    buf: &mut [u8],
+    out: &mut Vec<Candidate>,
+) -> io::Result<Option<u64>> {
     let mut read = 0u64;
     let mut first = pos.offset == 0;
     while pos.offset < size {
@@ -137,6 +157,53 @@ fn walk_dir(
         }
         path.pop();
     }
+}
+
+/// [`walk`] with the files read by `threads` threads at once: the walk
+/// hands each open file to a bounded queue (at most 64 files open waiting),
+/// so the disk and the search overlap and both cores search.
+pub fn walk_parallel(
+    roots: &[PathBuf],
+    exclude: &GlobSet,
+    max_size: u64,
+    threads: usize,
+    tally: &mut Tally,
+    each: &(dyn Fn(&Path, &File, u64, u64) + Sync),
+) {
+    if threads <= 1 {
+        return walk(roots, exclude, max_size, tally, &mut |p, f, d, i| each(p, f, d, i));
+    }
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(PathBuf, File, u64, u64)>(64);
+    let rx = std::sync::Mutex::new(rx);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            let rx = &rx;
+            s.spawn(move || loop {
+                let next = match rx.lock() {
+                    Ok(r) => r.recv(),
+                    Err(_) => return,
+                };
+                match next {
+                    Ok((path, file, dev, ino)) => each(&path, &file, dev, ino),
+                    Err(_) => return,
+                }
+            });
+        }
+        walk(roots, exclude, max_size, tally, &mut |path, file, dev, ino| {
+            if let Ok(file) = file.try_clone() {
+                let _ = tx.send((path.to_path_buf(), file, dev, ino));
+            }
+        });
+        drop(tx);
+    });
+}
+
+/// The threads a scan reads with: the CPUs, at most four.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(4)
 }
 
 /// Opens a regular file in `dir`: its handle, size and identity.

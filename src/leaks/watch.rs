@@ -11,6 +11,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -185,27 +186,43 @@ impl Watch {
     fn full_scan(&mut self, why: &str) {
         let began = Instant::now();
         let mut tally = Tally::default();
-        let mut found: Vec<(PathBuf, Vec<Candidate>)> = Vec::new();
-        let mut updates: Vec<(PathBuf, Seen)> = Vec::new();
+        let found: std::sync::Mutex<Vec<(PathBuf, Vec<Candidate>)>> = std::sync::Mutex::new(Vec::new());
+        let updates: std::sync::Mutex<Vec<(PathBuf, Seen)>> = std::sync::Mutex::new(Vec::new());
         let (roots, exclude, max) = (
             self.settings.roots.clone(),
             self.settings.exclude.clone(),
             self.settings.max_file_size,
         );
         let seen = &self.seen;
-        let (mut bytes, mut binary) = (0u64, 0u64);
-        scan::walk(&roots, &exclude, max, &mut tally, &mut |path, file, dev, ino| {
-            let previous = seen.get(path).copied();
-            if let Some((s, candidates, read)) = read_changed(file, dev, ino, previous, &mut binary) {
-                bytes += read;
-                updates.push((path.to_path_buf(), s));
-                if !candidates.is_empty() {
-                    found.push((path.to_path_buf(), candidates));
+        let (bytes, binary) = (AtomicU64::new(0), AtomicU64::new(0));
+        scan::walk_parallel(
+            &roots,
+            &exclude,
+            max,
+            scan::default_threads(),
+            &mut tally,
+            &|path, file, dev, ino| {
+                let previous = seen.get(path).copied();
+                let mut is_binary = 0;
+                if let Some((s, candidates, read)) = read_changed(file, dev, ino, previous, &mut is_binary) {
+                    bytes.fetch_add(read, Ordering::Relaxed);
+                    if let Ok(mut u) = updates.lock() {
+                        u.push((path.to_path_buf(), s));
+                    }
+                    if !candidates.is_empty() {
+                        if let Ok(mut f) = found.lock() {
+                            f.push((path.to_path_buf(), candidates));
+                        }
+                    }
                 }
-            }
-        });
-        tally.bytes = bytes;
-        tally.skipped_binary = binary;
+                binary.fetch_add(is_binary, Ordering::Relaxed);
+            },
+        );
+        tally.bytes = bytes.into_inner();
+        tally.skipped_binary = binary.into_inner();
+        let updates = updates.into_inner().unwrap_or_default();
+        let mut found = found.into_inner().unwrap_or_default();
+        found.sort_by(|a, b| a.0.cmp(&b.0));
         for (path, s) in updates {
             self.seen.insert(path, s);
         }
