@@ -25,6 +25,10 @@ use crate::notify::alerts::enqueue_admin_alert;
 use crate::notify::outbox::{self, NewNotification};
 use crate::notify::render::AdminAlert;
 
+/// Candidates verified per file and pass at most: a file full of
+/// key-shaped strings with stored prefixes cannot buy unbounded Argon2 work.
+pub const MAX_VERIFIED_PER_FILE: usize = 64;
+
 /// The outbox subject kind of leak emails.
 pub const KIND: &str = "leaked_key";
 /// The actor of the revocations and the findings.
@@ -201,6 +205,37 @@ pub fn respond(
         Ok(true)
     })?;
     Ok(Some(finding(if recorded { outcome } else { Outcome::AlreadyKnown })))
+}
+
+/// [`respond`] for the candidates of one file: each distinct string once,
+/// at most [`MAX_VERIFIED_PER_FILE`] of them (the rest wait for the next
+/// pass); what was found is added to `findings`.
+pub fn respond_file(
+    conn: &mut DbConnection,
+    service: &KeyService,
+    config: &Config,
+    path: &Path,
+    candidates: &[Candidate],
+    mode: Mode,
+    findings: &mut Vec<Finding>,
+) -> Result<(), KeyError> {
+    let mut verified = std::collections::HashSet::new();
+    for c in candidates {
+        if !verified.insert(c.key.expose()) {
+            continue;
+        }
+        if verified.len() > MAX_VERIFIED_PER_FILE {
+            tracing::warn!(
+                "leaks: {} holds more than {MAX_VERIFIED_PER_FILE} key-shaped strings; the rest are left for the next pass",
+                shown_path(path)
+            );
+            break;
+        }
+        if let Some(f) = respond(conn, service, config, path, c, mode)? {
+            findings.push(f);
+        }
+    }
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -222,15 +222,7 @@ pub fn scan_once(
     found.sort_by(|a, b| a.0.cmp(&b.0));
     let mut findings = Vec::new();
     for (path, candidates) in &found {
-        let mut verified = std::collections::HashSet::new();
-        for c in candidates {
-            if !verified.insert(c.key.expose().to_string()) || verified.len() > watch::MAX_VERIFIED_PER_FILE {
-                continue;
-            }
-            if let Some(f) = act::respond(conn, &service, config, path, c, mode)? {
-                findings.push(f);
-            }
-        }
+        act::respond_file(conn, &service, config, path, candidates, mode, &mut findings)?;
     }
     Ok((findings, tally))
 }

@@ -31,10 +31,6 @@ use crate::keys::KeyService;
 
 /// How long events keep collecting after the first of a batch.
 const SETTLE: Duration = Duration::from_millis(20);
-/// Candidates verified per file and pass at most: a file full of
-/// key-shaped strings with stored prefixes cannot buy unbounded Argon2 work.
-pub const MAX_VERIFIED_PER_FILE: usize = 64;
-
 enum Wake {
     Event(notify::Result<notify::Event>),
     Stop,
@@ -169,19 +165,6 @@ fn collect(event: notify::Result<notify::Event>, paths: &mut BTreeSet<PathBuf>) 
 }
 
 impl Watch {
-    fn conn(&mut self) -> Option<&mut DbConnection> {
-        if self.conn.is_none() {
-            match self.database.connect() {
-                Ok(c) => self.conn = Some(c),
-                Err(e) => {
-                    warn!("leaks: cannot reach the database: {e}");
-                    return None;
-                }
-            }
-        }
-        self.conn.as_mut()
-    }
-
     /// Every file under the roots; unchanged files are not read again.
     fn full_scan(&mut self, why: &str) {
         let began = Instant::now();
@@ -274,50 +257,25 @@ impl Watch {
             return 0;
         }
         let config = self.config.clone();
-        let action = self.settings.action;
+        let mode = Mode::Act(self.settings.action);
         let mut findings: Vec<Finding> = Vec::new();
-        let service = std::mem::replace(
-            &mut self.service,
-            match super::key_service(&config) {
-                Ok(s) => s,
-                Err(_) => return 0,
-            },
-        );
-        let Some(conn) = self.conn() else {
-            self.service = service;
+        let Some(conn) = connected(&self.database, &mut self.conn) else {
             return 0;
         };
         let mut failed = false;
         for (path, candidates) in &found {
-            let mut verified = std::collections::HashSet::new();
-            for c in candidates {
-                if !verified.insert(c.key.expose().to_string()) {
-                    continue;
-                }
-                if verified.len() > MAX_VERIFIED_PER_FILE {
-                    warn!(
-                        "leaks: {} holds more than {MAX_VERIFIED_PER_FILE} key-shaped strings; the rest are left for the next pass",
-                        act::shown_path(path)
-                    );
-                    break;
-                }
-                match act::respond(conn, &service, &config, path, c, Mode::Act(action)) {
-                    Ok(Some(f)) => findings.push(f),
-                    Ok(None) => {}
-                    Err(e) => {
-                        warn!("leaks: cannot record a key found in {}: {e}", act::shown_path(path));
-                        failed = true;
-                    }
-                }
+            if let Err(e) = act::respond_file(conn, &self.service, &config, path, candidates, mode, &mut findings) {
+                warn!("leaks: cannot record a key found in {}: {e}", act::shown_path(path));
+                failed = true;
             }
         }
-        let mail = findings
-            .iter()
-            .any(|f| matches!(f.outcome, Outcome::Revoked | Outcome::Alerted));
         for f in &findings {
             log_finding(f);
         }
-        if mail {
+        if findings
+            .iter()
+            .any(|f| matches!(f.outcome, Outcome::Revoked | Outcome::Alerted))
+        {
             deliver_now(conn, &config);
         }
         if failed {
@@ -327,9 +285,22 @@ impl Watch {
                 self.seen.remove(path);
             }
         }
-        self.service = service;
         findings.iter().filter(|f| f.outcome != Outcome::AlreadyKnown).count()
     }
+}
+
+/// The watcher's connection, opened when there is none.
+fn connected<'a>(database: &Database, slot: &'a mut Option<DbConnection>) -> Option<&'a mut DbConnection> {
+    if slot.is_none() {
+        match database.connect() {
+            Ok(c) => *slot = Some(c),
+            Err(e) => {
+                warn!("leaks: cannot reach the database: {e}");
+                return None;
+            }
+        }
+    }
+    slot.as_mut()
 }
 
 /// Reads what changed in `file` since `previous`: `None` when nothing did

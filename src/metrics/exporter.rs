@@ -4,11 +4,13 @@
 //! snapshot, never from the database, with limits on connections, request
 //! size and time, so a scraper cannot load either.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::sys::listen::{bind_unix, remove_socket, Accept, TcpAccept, UnixAccept};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -33,7 +35,7 @@ pub async fn run(database: Database, config: Arc<Config>, counters: Arc<JobCount
     let Some(settings) = config.metrics.clone() else { return };
     let latest: Latest = Arc::default();
     if let Some(path) = &settings.socket {
-        match bind_unix(path) {
+        match bind_unix(path, None) {
             Ok(listener) => {
                 info!("metrics served on unix:{}", path.display());
                 tokio::spawn(serve(
@@ -103,7 +105,7 @@ pub async fn run(database: Database, config: Arc<Config>, counters: Arc<JobCount
         }
     }
     if let Some(path) = &settings.socket {
-        let _ = std::fs::remove_file(path);
+        remove_socket(path);
     }
 }
 
@@ -137,47 +139,6 @@ pub fn write_textfile(path: &Path, text: &str) -> std::io::Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     written
-}
-
-/// Binds the Unix socket, replacing a socket file left by an earlier run
-/// (never any other kind of file), mode 0660.
-fn bind_unix(path: &PathBuf) -> std::io::Result<tokio::net::UnixListener> {
-    use std::os::unix::fs::FileTypeExt;
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if meta.file_type().is_socket() {
-            std::fs::remove_file(path)?;
-        } else {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::AlreadyExists,
-                "the path exists and is not a socket",
-            ));
-        }
-    }
-    let listener = tokio::net::UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o660))?;
-    Ok(listener)
-}
-
-trait Accept: Send + 'static {
-    type Conn: AsyncRead + AsyncWrite + Unpin + Send + 'static;
-    fn accept(&self) -> impl std::future::Future<Output = std::io::Result<Self::Conn>> + Send;
-}
-
-struct UnixAccept(tokio::net::UnixListener);
-struct TcpAccept(tokio::net::TcpListener);
-
-impl Accept for UnixAccept {
-    type Conn = tokio::net::UnixStream;
-    async fn accept(&self) -> std::io::Result<Self::Conn> {
-        self.0.accept().await.map(|(c, _)| c)
-    }
-}
-
-impl Accept for TcpAccept {
-    type Conn = tokio::net::TcpStream;
-    async fn accept(&self) -> std::io::Result<Self::Conn> {
-        self.0.accept().await.map(|(c, _)| c)
-    }
 }
 
 async fn serve<A: Accept>(listener: A, latest: Latest, counters: Arc<JobCounters>, stop: CancellationToken) {

@@ -156,6 +156,11 @@ pub fn chown_handle(fd: &OwnedFd, uid: Option<u32>, gid: Option<u32>) -> io::Res
 /// symlink) and costs one lookup step per directory, not a walk of its
 /// whole path.
 pub fn open_child(parent: &OwnedFd, name: &[u8]) -> io::Result<OwnedFd> {
+    open_component(parent, name, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW)
+}
+
+/// `openat(parent, name, flags | O_CLOEXEC)` for one path component.
+fn open_component(parent: &OwnedFd, name: &[u8], flags: libc::c_int) -> io::Result<OwnedFd> {
     if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -164,13 +169,7 @@ pub fn open_child(parent: &OwnedFd, name: &[u8]) -> io::Result<OwnedFd> {
     }
     let c = cstring(name)?;
     // SAFETY: `parent` is an open directory; `c` is NUL-terminated.
-    let fd = check(unsafe {
-        libc::openat(
-            parent.as_raw_fd(),
-            c.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-        )
-    })?;
+    let fd = check(unsafe { libc::openat(parent.as_raw_fd(), c.as_ptr(), flags | libc::O_CLOEXEC) })?;
     // SAFETY: the kernel returned a new descriptor that nobody else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
@@ -232,21 +231,10 @@ pub fn read_dir(dir: &OwnedFd, mut each: impl FnMut(&[u8], io::Result<Inode>)) -
 /// without following a symlink and without blocking on a FIFO or a device
 /// (the caller checks it is a regular file with `fstat`).
 pub fn open_file_child(parent: &OwnedFd, name: &[u8]) -> io::Result<std::fs::File> {
-    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a single path component",
-        ));
-    }
-    let c = cstring(name)?;
-    // SAFETY: `parent` is an open directory; `c` is NUL-terminated.
-    let fd = check(unsafe {
-        libc::openat(
-            parent.as_raw_fd(),
-            c.as_ptr(),
-            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC,
-        )
-    })?;
-    // SAFETY: the kernel returned a new descriptor that nobody else owns.
-    Ok(std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+    open_component(
+        parent,
+        name,
+        libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY,
+    )
+    .map(std::fs::File::from)
 }

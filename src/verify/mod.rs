@@ -20,12 +20,11 @@ pub mod http;
 pub mod usage;
 pub mod verifier;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -35,6 +34,7 @@ use crate::config::verify::VerifyConfig;
 use crate::config::Config;
 use crate::db::{Backend, Database};
 use crate::keys::KeyService;
+use crate::sys::listen::{bind_unix, remove_socket, Accept, TcpAccept, UnixAccept};
 
 use cache::Cache;
 use http::Limits;
@@ -86,7 +86,7 @@ pub async fn run(database: Database, config: Arc<Config>, stop: CancellationToke
     let slots = Arc::new(Semaphore::new(settings.max_connections));
     let socket = settings.socket_path();
     let mut serving_any = false;
-    match bind_unix(&socket, &settings) {
+    match bind_socket(&socket, &settings) {
         Ok(listener) => {
             info!("verify: serving on unix:{}", socket.display());
             tasks.spawn(serve(
@@ -127,28 +127,12 @@ pub async fn run(database: Database, config: Arc<Config>, stop: CancellationToke
     recording.cancel();
     tasks.close();
     tasks.wait().await;
-    if let Ok(meta) = std::fs::symlink_metadata(&socket) {
-        use std::os::unix::fs::FileTypeExt;
-        if meta.file_type().is_socket() {
-            let _ = std::fs::remove_file(&socket);
-        }
-    }
+    remove_socket(&socket);
 }
 
-/// Binds the socket under a temporary name in the same directory, gives it
-/// its mode (0660) and group, then renames it into place: the socket never
-/// exists at the final path with a wider mode. A socket left by an earlier
-/// run is replaced; any other kind of file is not.
-fn bind_unix(path: &Path, settings: &VerifyConfig) -> std::io::Result<tokio::net::UnixListener> {
-    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if !meta.file_type().is_socket() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::AlreadyExists,
-                "the path exists and is not a socket",
-            ));
-        }
-    }
+/// Binds the socket (mode 0660, group `verify.socket_group`); see
+/// [`crate::sys::listen::bind_unix`].
+fn bind_socket(path: &Path, settings: &VerifyConfig) -> std::io::Result<tokio::net::UnixListener> {
     let gid = match &settings.socket_group {
         Some(name) => match crate::sys::ids::group_id(name)? {
             Some(gid) => Some(gid),
@@ -161,50 +145,7 @@ fn bind_unix(path: &Path, settings: &VerifyConfig) -> std::io::Result<tokio::net
         },
         None => None,
     };
-    let dir = path.parent().unwrap_or(Path::new("/"));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp: PathBuf = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    let listener = tokio::net::UnixListener::bind(&tmp)?;
-    let placed = (|| {
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o660))?;
-        if let Some(gid) = gid {
-            std::os::unix::fs::chown(&tmp, None, Some(gid))?;
-        }
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = placed {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    Ok(listener)
-}
-
-trait Accept: Send + 'static {
-    type Conn: AsyncRead + AsyncWrite + Unpin + Send + 'static;
-    fn accept(&self) -> impl std::future::Future<Output = std::io::Result<Self::Conn>> + Send;
-}
-
-struct UnixAccept(tokio::net::UnixListener);
-struct TcpAccept(tokio::net::TcpListener);
-
-impl Accept for UnixAccept {
-    type Conn = tokio::net::UnixStream;
-    async fn accept(&self) -> std::io::Result<Self::Conn> {
-        self.0.accept().await.map(|(c, _)| c)
-    }
-}
-
-impl Accept for TcpAccept {
-    type Conn = tokio::net::TcpStream;
-    async fn accept(&self) -> std::io::Result<Self::Conn> {
-        let (c, _) = self.0.accept().await?;
-        let _ = c.set_nodelay(true);
-        Ok(c)
-    }
+    bind_unix(path, gid)
 }
 
 async fn serve<A: Accept>(

@@ -53,11 +53,6 @@ impl UsageLog {
         self.pending.lock().map(|p| p.len()).unwrap_or(0)
     }
 
-    /// Whether another use can be queued.
-    pub fn has_room(&self) -> bool {
-        self.pending.lock().map(|p| p.len() < MAX_PENDING).unwrap_or(false)
-    }
-
     fn take(&self) -> Vec<DeferredUse> {
         self.pending
             .lock()

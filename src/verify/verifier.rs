@@ -90,9 +90,6 @@ impl Verifier {
     /// is queued for recording.
     fn remembered(&self, fp: &super::cache::Fingerprint, q: &Question) -> Option<Answer> {
         let entry = self.cache.get(fp)?;
-        if !self.usage.has_room() {
-            return None;
-        }
         if let Some(counter) = &self.counter {
             let version = counter.version()?;
             if version != entry.version {
@@ -104,14 +101,7 @@ impl Verifier {
             }
         }
         let scopes: Vec<&str> = q.scopes.iter().map(String::as_str).collect();
-        let req = VerifyRequest {
-            ip: q.ip,
-            required_scopes: &scopes,
-            user_agent: q.user_agent.as_deref(),
-            endpoint: q.endpoint.as_deref(),
-            actor: &self.actor,
-            defer: None,
-        };
+        let req = self.request(q, &scopes, None);
         let now = crate::db::now();
         let outcome = recheck_remembered(&entry.key, &req, now)?;
         let refusal = match &outcome {
@@ -165,14 +155,7 @@ impl Verifier {
         // The answer's rows join the batches of remembered answers: no
         // commit waits between Argon2 and the answer.
         let later = |u: DeferredUse| self.usage.push(u);
-        let req = VerifyRequest {
-            ip: q.ip,
-            required_scopes: &scopes,
-            user_agent: q.user_agent.as_deref(),
-            endpoint: q.endpoint.as_deref(),
-            actor: &self.actor,
-            defer: Some(Deferral(&later)),
-        };
+        let req = self.request(q, &scopes, Some(Deferral(&later)));
         let verified = self.service.verify_keeping_row(&mut conn, q.key.expose(), &req);
         let (outcome, row) = match verified {
             Ok(v) => v,
@@ -184,6 +167,18 @@ impl Verifier {
             self.cache.insert(fp, row, generation, version);
         }
         Ok(Answer { outcome, cached: false })
+    }
+
+    /// The library's request for `q`.
+    fn request<'a>(&'a self, q: &'a Question, scopes: &'a [&'a str], defer: Option<Deferral<'a>>) -> VerifyRequest<'a> {
+        VerifyRequest {
+            ip: q.ip,
+            required_scopes: scopes,
+            user_agent: q.user_agent.as_deref(),
+            endpoint: q.endpoint.as_deref(),
+            actor: &self.actor,
+            defer,
+        }
     }
 
     fn connection(&self) -> Result<DbConnection, VerifyError> {
